@@ -1,0 +1,740 @@
+"""Recognize the common fine-tuning dataset schemas and normalize each row into one internal form,
+collecting every problem with the field it concerns, so one pass explains all that is wrong with a
+row instead of stopping at the first exception.
+
+Schemas (detected per dataset, overridable): OpenAI chat `messages`, `prompt`/`completion`, Alpaca
+(`instruction`/`input`/`output`), ShareGPT (`conversations` of `from`/`value`, function-call turns
+included), preference triples (`prompt`/`chosen`/`rejected`, strings or message lists, and Anthropic
+HH-style transcripts without `prompt`) and plain `text`.
+
+Normalized forms: chat `{"messages": [{"role", "content", "weight"?: 0}]}`; preference
+`{"prompt": [...], "chosen": [...], "rejected": [...]}`; text `{"text": str}`. A weight of 1 is the
+default and is dropped, so equal training content always has equal JSON.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fineplat.errors import DatasetError
+from fineplat.hashing import canonical_json
+
+Purpose = Literal["sft", "dpo", "cpt"]
+SCHEMAS = ("openai", "prompt_completion", "alpaca", "sharegpt", "preference", "text")
+SCHEMA_KIND = {
+    "openai": "chat",
+    "prompt_completion": "chat",
+    "alpaca": "chat",
+    "sharegpt": "chat",
+    "preference": "preference",
+    "text": "text",
+}
+PURPOSE_KIND = {"sft": "chat", "dpo": "preference", "cpt": "text"}
+# Fields each schema reads; any other top-level field is metadata and is ignored (and counted).
+SCHEMA_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (required, optional)
+    "openai": (("messages",), ("tools", "functions", "parallel_tool_calls")),
+    "prompt_completion": (("prompt", "completion"), ()),
+    "alpaca": (("instruction", "output"), ("input", "system", "history")),
+    "sharegpt": (("conversations",), ("system", "tools")),
+    "preference": (("chosen", "rejected"), ("prompt",)),
+    "text": (("text",), ()),
+}
+ROLES = ("system", "user", "assistant", "tool")
+# OpenAI message keys; `developer` is OpenAI's newer name for `system`, `function` the legacy `tool`.
+_OPENAI_MESSAGE_KEYS = {"role", "content", "weight", "name", "tool_calls", "tool_call_id", "function_call"}
+_OPENAI_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+_OPENAI_ROLES["function"] = "tool"
+# ShareGPT speaker names seen in the wild (ShareGPT, Vicuna, OpenHermes, LLaMA-Factory function calls).
+_SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+}
+_SHAREGPT_TURN_KEYS = {"from", "value", "weight", "role", "content", "name"}
+# Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..." in one string.
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a row: a reason code, the field path and a message that says what was
+    expected and what to do."""
+
+    code: str
+    field: str
+    message: str
+
+
+@dataclass
+class Normalized:
+    """A row's normalized record (None when it has problems), its kind and its problems."""
+
+    kind: str
+    record: dict[str, Any] | None
+    problems: list[Problem]
+
+
+def row_schema(obj: dict[str, Any], purpose: Purpose) -> str | None:
+    """The schema a single object looks like, preferring the ones that fit `purpose` (a row with both
+    `messages` and `chosen` is a preference row for DPO and a chat row for SFT)."""
+    keys = obj.keys()
+    preference = "chosen" in keys and "rejected" in keys
+    chat_order = [
+        ("openai", "messages" in keys),
+        ("sharegpt", "conversations" in keys),
+        ("alpaca", "instruction" in keys and "output" in keys),
+        ("prompt_completion", "prompt" in keys and "completion" in keys),
+    ]
+    if purpose == "dpo" and preference:
+        return "preference"
+    if purpose == "cpt" and "text" in keys:
+        return "text"
+    for name, matches in chat_order:
+        if matches:
+            return name
+    if preference:
+        return "preference"
+    if "text" in keys:
+        return "text"
+    return None
+
+
+def detect_schema(
+    objects: Iterable[dict[str, Any]], purpose: Purpose, source: str
+) -> tuple[str, dict[str, int]]:
+    """Pick the dataset's schema by majority over its rows (ties broken by SCHEMAS order), so one odd
+    row is reported as that row's problem, not as a misdetected file. Raises DatasetError when the
+    data fits no schema or only schemas of another purpose."""
+    counts: Counter[str] = Counter()
+    for obj in objects:
+        name = row_schema(obj, purpose)
+        if name is not None:
+            counts[name] += 1
+    wanted = PURPOSE_KIND[purpose]
+    fitting = [
+        (count, -SCHEMAS.index(name), name) for name, count in counts.items() if SCHEMA_KIND[name] == wanted
+    ]
+    ordered = {name: counts[name] for name in SCHEMAS if name in counts}
+    if fitting:
+        return max(fitting)[2], ordered
+    if counts:
+        other = counts.most_common(1)[0][0]
+        suggestion = {"chat": "sft", "preference": "dpo", "text": "cpt"}[SCHEMA_KIND[other]]
+        raise DatasetError(
+            f"{source}: the rows look like {other} data ({SCHEMA_KIND[other]}), which does not fit purpose "
+            f"{purpose!r} (expects {wanted} rows). Use purpose={suggestion!r}, or convert the file."
+        )
+    raise DatasetError(
+        f"{source}: no row has the fields of a known schema. Expected one of: `messages` (OpenAI chat), "
+        "`prompt`+`completion`, `instruction`+`output` (Alpaca), `conversations` (ShareGPT), "
+        "`chosen`+`rejected` (preference) or `text`. Rename the fields or pass schema=."
+    )
+
+
+def collapse_whitespace(text: str) -> str:
+    """NFC-normalized text with whitespace runs collapsed: the form hashed for exact duplicates."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def record_text(kind: str, record: dict[str, Any]) -> str:
+    """The plain text of a normalized record used for hashing, dedup and contamination checks."""
+    if kind == "text":
+        return collapse_whitespace(record["text"])
+
+    def render(messages: list[dict[str, Any]]) -> list[str]:
+        return [f"{m['role']}: {collapse_whitespace(m['content'])}" for m in messages]
+
+    if kind == "chat":
+        return "\n".join(render(record["messages"]))
+    lines = render(record["prompt"])
+    lines += ["[chosen]", *render(record["chosen"]), "[rejected]", *render(record["rejected"])]
+    return "\n".join(lines)
+
+
+def normalize(obj: Any, schema: str, purpose: Purpose) -> Normalized:
+    """Normalize one parsed row under `schema`, collecting every problem."""
+    kind = SCHEMA_KIND[schema]
+    problems: list[Problem] = []
+    if not isinstance(obj, dict):
+        problems.append(
+            Problem(
+                "not_an_object",
+                "(row)",
+                f"expected a JSON object, got {_type_name(obj)}; each record must be an object.",
+            )
+        )
+        return Normalized(kind, None, problems)
+    required, _ = SCHEMA_FIELDS[schema]
+    missing = [name for name in required if name not in obj]
+    for name in missing:
+        problems.append(
+            Problem(
+                "missing_field",
+                name,
+                f"expected field `{name}` ({schema} schema, detected for this file: needs "
+                f"{' + '.join(f'`{r}`' for r in required)}); add it or remove the row.",
+            )
+        )
+    if missing:
+        return Normalized(kind, None, problems)
+    record: dict[str, Any] | None
+    if schema == "openai":
+        messages = _messages(obj["messages"], "messages", problems, _OPENAI_ROLES, openai=True)
+        record = {"messages": messages}
+    elif schema == "sharegpt":
+        messages = _sharegpt_turns(obj, problems)
+        record = {"messages": messages}
+    elif schema == "alpaca":
+        record = {"messages": _alpaca(obj, problems)}
+    elif schema == "prompt_completion":
+        record = {"messages": _prompt_completion(obj, problems)}
+    elif schema == "preference":
+        record = _preference(obj, problems)
+    else:
+        text = obj["text"]
+        if not isinstance(text, str):
+            problems.append(Problem("wrong_type", "text", f"expected a string, got {_type_name(text)}."))
+        elif not text.strip():
+            problems.append(
+                Problem("empty_content", "text", "expected non-empty text; fill it in or delete the row.")
+            )
+        record = {"text": text}
+    if kind == "chat" and record is not None and not problems:
+        _check_chat_order(record["messages"], "messages", problems, final_assistant=purpose == "sft")
+        _check_weights(record["messages"], problems)
+    if problems:
+        return Normalized(kind, None, problems)
+    return Normalized(kind, record, problems)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def _content_text(value: Any, field: str, problems: list[Problem]) -> str | None:
+    """A message's content as text: a string, or OpenAI content parts of type text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts: list[str] = []
+        for index, part in enumerate(value):
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                problems.append(
+                    Problem(
+                        "wrong_type",
+                        f"{field}[{index}]",
+                        "expected a text part {'type': 'text', 'text': ...}; only text content is supported "
+                        "(remove image/audio parts).",
+                    )
+                )
+                return None
+        return "".join(texts)
+    problems.append(Problem("wrong_type", field, f"expected a string, got {_type_name(value)}."))
+    return None
+
+
+def _messages(
+    value: Any,
+    field: str,
+    problems: list[Problem],
+    role_map: dict[str, str],
+    *,
+    openai: bool,
+) -> list[dict[str, Any]]:
+    """Normalize an OpenAI-style message list (role/content/weight, tool calls as JSON content)."""
+    if not isinstance(value, list):
+        problems.append(
+            Problem("wrong_type", field, f"expected an array of messages, got {_type_name(value)}.")
+        )
+        return []
+    if not value:
+        problems.append(Problem("empty_content", field, "expected at least one message; the list is empty."))
+        return []
+    out: list[dict[str, Any]] = []
+    for index, message in enumerate(value):
+        path = f"{field}[{index}]"
+        if not isinstance(message, dict):
+            problems.append(
+                Problem("wrong_type", path, f"expected a message object, got {_type_name(message)}.")
+            )
+            continue
+        if openai:
+            for key in sorted(set(message) - _OPENAI_MESSAGE_KEYS):
+                problems.append(
+                    Problem(
+                        "extra_field",
+                        f"{path}.{key}",
+                        f"unexpected message field `{key}`; a message has "
+                        + ", ".join(sorted(_OPENAI_MESSAGE_KEYS))
+                        + ". Rename or remove it.",
+                    )
+                )
+        if "role" not in message:
+            problems.append(
+                Problem("missing_field", f"{path}.role", "expected `role` (system, user, assistant or tool).")
+            )
+            continue
+        role = _role(message["role"], f"{path}.role", role_map, problems)
+        content = _openai_content(message, path, role, problems)
+        if role is None or content is None:
+            continue
+        normalized: dict[str, Any] = {"role": role, "content": content}
+        weight = _weight(message, path, role, problems)
+        if weight == 0:
+            normalized["weight"] = 0
+        out.append(normalized)
+    return out
+
+
+def _role(value: Any, field: str, role_map: dict[str, str], problems: list[Problem]) -> str | None:
+    if not isinstance(value, str):
+        problems.append(Problem("wrong_type", field, f"expected a role string, got {_type_name(value)}."))
+        return None
+    role = role_map.get(value.strip().lower())
+    if role is None:
+        known = ", ".join(sorted(set(role_map)))
+        problems.append(
+            Problem(
+                "unknown_role",
+                field,
+                f"unknown role {value!r}; expected one of {known}. Map it to one of these.",
+            )
+        )
+    return role
+
+
+def _openai_content(
+    message: dict[str, Any], path: str, role: str | None, problems: list[Problem]
+) -> str | None:
+    calls = message.get("tool_calls") or message.get("function_call")
+    if "content" not in message and not calls:
+        problems.append(Problem("missing_field", f"{path}.content", "expected `content` (the message text)."))
+        return None
+    raw = message.get("content")
+    text: str | None
+    if raw is None and calls:
+        text = ""
+    elif raw is None:
+        problems.append(
+            Problem("wrong_type", f"{path}.content", "expected a string, got null; fill in the text.")
+        )
+        return None
+    else:
+        text = _content_text(raw, f"{path}.content", problems)
+        if text is None:
+            return None
+    if calls:
+        if role != "assistant":
+            problems.append(
+                Problem(
+                    "extra_field", f"{path}.tool_calls", "tool calls are allowed only on assistant messages."
+                )
+            )
+        text = (text + "\n" if text.strip() else "") + canonical_json(calls)
+    if not text.strip():
+        problems.append(
+            Problem(
+                "empty_content",
+                f"{path}.content",
+                f"expected non-empty text in this {role or ''} message; fill it in or delete the row.",
+            )
+        )
+        return None
+    return text
+
+
+def _weight(message: dict[str, Any], path: str, role: str, problems: list[Problem]) -> int | None:
+    if "weight" not in message or message["weight"] is None:
+        return None
+    weight = message["weight"]
+    if role != "assistant":
+        problems.append(
+            Problem(
+                "extra_field",
+                f"{path}.weight",
+                "`weight` applies only to assistant messages (loss is never taken on others); remove it.",
+            )
+        )
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
+        problems.append(Problem("wrong_type", f"{path}.weight", f"expected weight 0 or 1, got {weight!r}."))
+        return None
+    return int(weight)
+
+
+def _sharegpt_turns(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]]:
+    turns = obj["conversations"]
+    out: list[dict[str, Any]] = []
+    system = obj.get("system")
+    if system is not None:
+        if not isinstance(system, str):
+            problems.append(Problem("wrong_type", "system", f"expected a string, got {_type_name(system)}."))
+        elif system.strip():
+            out.append({"role": "system", "content": system})
+    if not isinstance(turns, list):
+        problems.append(
+            Problem("wrong_type", "conversations", f"expected an array of turns, got {_type_name(turns)}.")
+        )
+        return out
+    if not turns:
+        problems.append(
+            Problem("empty_content", "conversations", "expected at least one turn; the list is empty.")
+        )
+        return out
+    for index, turn in enumerate(turns):
+        path = f"conversations[{index}]"
+        if not isinstance(turn, dict):
+            problems.append(Problem("wrong_type", path, f"expected a turn object, got {_type_name(turn)}."))
+            continue
+        for key in sorted(set(turn) - _SHAREGPT_TURN_KEYS):
+            problems.append(
+                Problem(
+                    "extra_field",
+                    f"{path}.{key}",
+                    f"unexpected turn field `{key}`; a turn has `from` and `value`.",
+                )
+            )
+        role_key, content_key = ("from", "value") if "from" in turn else ("role", "content")
+        if role_key not in turn:
+            problems.append(
+                Problem(
+                    "missing_field",
+                    f"{path}.from",
+                    "expected `from` (human, gpt, system, function_call, observation).",
+                )
+            )
+            continue
+        if content_key not in turn:
+            problems.append(Problem("missing_field", f"{path}.{content_key}", "expected the turn text."))
+            continue
+        role = _role(turn[role_key], f"{path}.{role_key}", _SHAREGPT_ROLES, problems)
+        content = turn[content_key]
+        if not isinstance(content, str):
+            problems.append(
+                Problem(
+                    "wrong_type", f"{path}.{content_key}", f"expected a string, got {_type_name(content)}."
+                )
+            )
+            continue
+        if not content.strip():
+            problems.append(
+                Problem(
+                    "empty_content",
+                    f"{path}.{content_key}",
+                    "expected non-empty text; fill it in or delete the turn.",
+                )
+            )
+            continue
+        if role is None:
+            continue
+        message: dict[str, Any] = {"role": role, "content": content}
+        weight = _weight(turn, path, role, problems)
+        if weight == 0:
+            message["weight"] = 0
+        out.append(message)
+    return out
+
+
+def _string_field(obj: dict[str, Any], name: str, problems: list[Problem], *, required: bool) -> str | None:
+    value = obj.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        problems.append(Problem("wrong_type", name, f"expected a string, got {_type_name(value)}."))
+        return None
+    if required and not value.strip():
+        problems.append(
+            Problem("empty_content", name, "expected non-empty text; fill it in or delete the row.")
+        )
+        return None
+    return value
+
+
+def _alpaca(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]]:
+    instruction = _string_field(obj, "instruction", problems, required=True)
+    extra_input = _string_field(obj, "input", problems, required=False)
+    output = _string_field(obj, "output", problems, required=True)
+    system = _string_field(obj, "system", problems, required=False)
+    messages: list[dict[str, Any]] = []
+    if system and system.strip():
+        messages.append({"role": "system", "content": system})
+    history = obj.get("history")
+    if history is not None:
+        if not isinstance(history, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            for pair in history
+        ):
+            problems.append(
+                Problem("wrong_type", "history", "expected an array of [instruction, response] string pairs.")
+            )
+        else:
+            for question, answer in history:
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    if instruction is None or output is None:
+        return messages
+    prompt = instruction if not (extra_input and extra_input.strip()) else f"{instruction}\n\n{extra_input}"
+    return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+
+
+def _prompt_completion(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]]:
+    prompt, completion = obj["prompt"], obj["completion"]
+    messages: list[dict[str, Any]] = []
+    if isinstance(prompt, list):
+        messages += _messages(prompt, "prompt", problems, _OPENAI_ROLES, openai=True)
+    elif (text := _string_field(obj, "prompt", problems, required=True)) is not None:
+        messages.append({"role": "user", "content": text})
+    if isinstance(completion, list):
+        messages += _messages(completion, "completion", problems, _OPENAI_ROLES, openai=True)
+    elif (text := _string_field(obj, "completion", problems, required=True)) is not None:
+        messages.append({"role": "assistant", "content": text})
+    return messages
+
+
+def _parse_hh(text: str) -> list[dict[str, Any]] | None:
+    """Split an HH-RLHF transcript into messages; None when the text is not in that format."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def _side(obj: dict[str, Any], name: str, problems: list[Problem]) -> list[dict[str, Any]] | str | None:
+    value = obj[name]
+    if isinstance(value, str):
+        if not value.strip():
+            problems.append(
+                Problem(
+                    "empty_content",
+                    name,
+                    f"expected a non-empty `{name}` response; fill it in or delete the row.",
+                )
+            )
+            return None
+        return value
+    if isinstance(value, list):
+        before = len(problems)
+        messages = _messages(value, name, problems, _OPENAI_ROLES, openai=True)
+        return None if len(problems) > before else messages
+    problems.append(
+        Problem("wrong_type", name, f"expected a string or an array of messages, got {_type_name(value)}.")
+    )
+    return None
+
+
+def _split_context(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(context up to and including the last user turn, the response after it)."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    return messages[: last_user + 1], messages[last_user + 1 :]
+
+
+def _strip_weights(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _preference(obj: dict[str, Any], problems: list[Problem]) -> dict[str, Any] | None:
+    chosen = _side(obj, "chosen", problems)
+    rejected = _side(obj, "rejected", problems)
+    prompt_value = obj.get("prompt")
+    prompt: list[dict[str, Any]] | None = None
+    if prompt_value is not None:
+        if isinstance(prompt_value, list):
+            prompt = _messages(prompt_value, "prompt", problems, _OPENAI_ROLES, openai=True)
+        elif isinstance(prompt_value, str) and prompt_value.strip():
+            prompt = [{"role": "user", "content": prompt_value}]
+        elif isinstance(prompt_value, str):
+            problems.append(
+                Problem(
+                    "empty_content", "prompt", "expected a non-empty prompt; fill it in or delete the row."
+                )
+            )
+        else:
+            problems.append(
+                Problem(
+                    "wrong_type",
+                    "prompt",
+                    f"expected a string or an array of messages, got {_type_name(prompt_value)}.",
+                )
+            )
+    if chosen is None or rejected is None or problems:
+        return None
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):
+        chosen_turns, rejected_turns = _parse_hh(chosen), _parse_hh(rejected)
+        if chosen_turns is None or rejected_turns is None:
+            problems.append(
+                Problem(
+                    "missing_field",
+                    "prompt",
+                    "expected `prompt` (or chosen/rejected as HH-style '\\n\\nHuman: ... \\n\\nAssistant: ...' "
+                    "transcripts); add the prompt.",
+                )
+            )
+            return None
+        chosen, rejected = chosen_turns, rejected_turns
+    if isinstance(chosen, str):
+        chosen = [{"role": "assistant", "content": chosen}]
+    if isinstance(rejected, str):
+        rejected = [{"role": "assistant", "content": rejected}]
+    full_conversations = any(m["role"] != "assistant" for m in chosen + rejected)
+    if full_conversations:
+        chosen_context, chosen = _split_context(chosen)
+        rejected_context, rejected = _split_context(rejected)
+        if _strip_weights(chosen_context) != _strip_weights(rejected_context):
+            problems.append(
+                Problem(
+                    "prompt_mismatch",
+                    "chosen/rejected",
+                    "chosen and rejected contain different conversation histories; a preference pair must "
+                    "answer the same prompt. Align the histories or split the row.",
+                )
+            )
+            return None
+        if prompt is not None and chosen_context and not _same_prompt(prompt, chosen_context):
+            problems.append(
+                Problem(
+                    "prompt_mismatch",
+                    "prompt",
+                    "`prompt` differs from the conversation inside chosen/rejected; make them equal or drop `prompt`.",
+                )
+            )
+            return None
+        prompt = chosen_context or prompt
+    if not prompt:
+        problems.append(
+            Problem(
+                "missing_field",
+                "prompt",
+                "expected a prompt (a user turn) before the responses; add `prompt`.",
+            )
+        )
+        return None
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        if not side:
+            problems.append(
+                Problem("empty_content", name, f"expected an assistant response in `{name}`, found none.")
+            )
+    if problems:
+        return None
+    _check_chat_order(prompt, "prompt", problems, final_assistant=False)
+    if prompt and prompt[-1]["role"] != "user":
+        problems.append(
+            Problem(
+                "role_order",
+                "prompt",
+                "expected the prompt to end with a user turn; the responses answer it.",
+            )
+        )
+    for name, side in (("chosen", chosen), ("rejected", rejected)):
+        if side[0]["role"] != "assistant":
+            problems.append(
+                Problem("role_order", name, f"expected `{name}` to start with an assistant turn.")
+            )
+    if problems:
+        return None
+    if _strip_weights(chosen) == _strip_weights(rejected) or [
+        collapse_whitespace(m["content"]) for m in chosen
+    ] == [collapse_whitespace(m["content"]) for m in rejected]:
+        problems.append(
+            Problem(
+                "chosen_equals_rejected",
+                "chosen/rejected",
+                "chosen and rejected are identical, so the pair carries no preference; fix or delete the row.",
+            )
+        )
+        return None
+    return {
+        "prompt": _strip_weights(prompt),
+        "chosen": _strip_weights(chosen),
+        "rejected": _strip_weights(rejected),
+    }
+
+
+def _same_prompt(prompt: list[dict[str, Any]], context: list[dict[str, Any]]) -> bool:
+    if _strip_weights(prompt) == _strip_weights(context):
+        return True
+    return len(prompt) == 1 and collapse_whitespace(prompt[0]["content"]) == collapse_whitespace(
+        context[-1]["content"]
+    )
+
+
+def _check_chat_order(
+    messages: list[dict[str, Any]], field: str, problems: list[Problem], *, final_assistant: bool
+) -> None:
+    """System only first; each assistant turn follows a user (or tool result) turn; a tool result
+    follows an assistant call; users and assistants alternate; SFT rows end with an assistant."""
+    previous: str | None = None
+    for index, message in enumerate(messages):
+        role = message["role"]
+        path = f"{field}[{index}].role"
+        problem: str | None = None
+        if role == "system" and index != 0:
+            problem = f"system message at position {index}; a system message is allowed only first. Move or merge it."
+        elif role == "user" and previous == "user":
+            problem = (
+                f"two user turns in a row (positions {index - 1} and {index}); merge them into one turn."
+            )
+        elif role == "user" and previous == "tool":
+            problem = f"user turn at position {index} follows a tool result; the assistant must answer the tool result first."
+        elif role == "assistant" and previous not in ("user", "tool"):
+            problem = f"assistant turn at position {index} has no user turn before it; add the user turn it answers."
+        elif role == "tool" and previous not in ("assistant", "tool"):
+            problem = f"tool result at position {index} does not follow an assistant tool call."
+        if problem:
+            problems.append(Problem("role_order", path, problem))
+            return
+        previous = role
+    if final_assistant and messages and messages[-1]["role"] != "assistant":
+        problems.append(
+            Problem(
+                "last_turn_not_assistant",
+                f"{field}[{len(messages) - 1}].role",
+                f"the conversation ends with a {messages[-1]['role']} turn; SFT trains on the assistant's reply, so "
+                "the last turn must be an assistant's. Add the reply or drop the trailing turn.",
+            )
+        )
+
+
+def _check_weights(messages: list[dict[str, Any]], problems: list[Problem]) -> None:
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if assistants and all(m.get("weight") == 0 for m in assistants):
+        problems.append(
+            Problem(
+                "no_loss_tokens",
+                "messages[*].weight",
+                "every assistant message has weight 0, so this row trains nothing; set weight 1 on at least one.",
+            )
+        )

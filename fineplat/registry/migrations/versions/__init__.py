@@ -1,0 +1,1 @@
+"""Alembic revision scripts of the registry schema (a package so setuptools ships them)."""

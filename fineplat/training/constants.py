@@ -1,0 +1,4 @@
+"""Exit codes shared by the trainer process and the launchers that interpret them."""
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: preempted, resume from checkpoint
+FAILED_EXIT_CODE = 1

@@ -1,0 +1,391 @@
+"""The training loop, readable top to bottom: set up, loop, step, log, checkpoint.
+
+One loop serves every method: `lora`, `qlora` and `dpo` train a peft LoRA adapter, `sft` and `cpt`
+train all weights. The data order is a pure function of (seed, epoch), so the data position
+(epoch, index) plus weights, optimizer, scheduler and RNG states resume a run bit-exactly.
+
+    python -m k8s_ops.train_entry   # under Dagster Pipes; or torchrun --nproc_per_node=N -m k8s_ops.train_entry
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fineplat.basemodel import load_base_model, load_tokenizer
+from fineplat.errors import TrainingError
+from fineplat.packing.tokenize import IGNORE_INDEX
+from fineplat.training import checkpoint as ckpt
+from fineplat.training.config import TrainConfig
+from fineplat.training.data import TrainingData, load_training_data
+from fineplat.training.preemption import Preempted, PreemptionFlag
+
+
+class MetricsSink(Protocol):
+    """Where the loop reports: MLflow, the registry's run_metrics, Dagster Pipes (see k8s_ops)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def status(self, status: str, step: int) -> None: ...
+
+
+class NullSink:
+    """A sink that drops everything (library use and tests that read the result instead)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        return None
+
+    def status(self, status: str, step: int) -> None:
+        return None
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: Path  # adapter (peft) or full model directory
+    steps: int
+    losses: list[float]  # one per optimizer step, in order (only those run by this process)
+    first_loss: float
+    final_loss: float
+    tokens_per_second: float
+    packing_efficiency: float
+    validation_loss: float | None
+    resumed_from_step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; deterministic algorithms where torch has them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def resolve_batch_size(config: TrainConfig, rows: int) -> int:
+    """`auto`: the largest power of two up to 16 that still gives ≥ 8 steps per epoch (small data
+    needs more steps, not bigger ones); a number is used as given."""
+    if config.batch_size != "auto":
+        return int(config.batch_size)
+    size = 16
+    while size > 1 and rows // (size * config.gradient_accumulation_steps) < 8:
+        size //= 2
+    return size
+
+
+def epoch_order(seed: int, epoch: int, rows: int) -> list[int]:
+    """The shuffled row order of one epoch: a pure function, so resuming needs only (epoch, index)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(rows, generator=generator).tolist()
+
+
+def prepare_model(config: TrainConfig, base_model_dir: Path) -> Any:
+    """Load the base model and make the right parameters trainable for the method."""
+    if config.method == "qlora":
+        from fineplat.training.quantized import load_qlora_model
+
+        return load_qlora_model(config, base_model_dir)
+    model = load_base_model(
+        base_model_dir, dtype=config.dtype, attn_implementation=config.attn_implementation
+    )
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.uses_adapter:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    else:
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+    model.train()
+    return model
+
+
+def token_logprobs(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, **forward: Any) -> torch.Tensor:
+    """Per-token log-probabilities of the labels (0 where label is IGNORE_INDEX), shape [B, T-1]."""
+    logits = model(input_ids=input_ids, use_cache=False, **forward).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp * mask
+
+
+def lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over label tokens, and their count. Packed batches carry
+    `position_ids` and no attention mask; `use_cache=False` keeps examples apart."""
+    forward = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+    logits = model(input_ids=batch["input_ids"], use_cache=False, **forward).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def dpo_loss_sum(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, int]:
+    """Summed DPO loss over the pairs in the batch (reference log-probs precomputed in the data)."""
+    chosen = token_logprobs(
+        model,
+        batch["chosen_input_ids"],
+        batch["chosen_labels"],
+        attention_mask=batch["chosen_attention_mask"],
+    ).sum(-1)
+    rejected = token_logprobs(
+        model,
+        batch["rejected_input_ids"],
+        batch["rejected_labels"],
+        attention_mask=batch["rejected_attention_mask"],
+    ).sum(-1)
+    margin = beta * ((chosen - batch["ref_chosen_logp"]) - (rejected - batch["ref_rejected_logp"]))
+    return -F.logsigmoid(margin).sum(), int(chosen.numel())
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
+    """Linear warm-up, then cosine/linear decay to zero or constant."""
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if config.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _positions(
+    data: TrainingData, config: TrainConfig, batch_size: int, start: tuple[int, int]
+) -> Iterator[tuple[int, int, list[int]]]:
+    """Yield (epoch, index, row ids) micro-batches from a data position onwards, forever."""
+    epoch, index = start
+    while True:
+        order = epoch_order(config.seed, epoch, data.rows)
+        while index < data.rows:
+            yield epoch, index, order[index : index + batch_size]
+            index += batch_size
+        epoch, index = epoch + 1, 0
+
+
+@torch.no_grad()
+def validation_loss(model: Any, data: TrainingData, method: str) -> float | None:
+    """Mean per-token loss on the holdout split (None without one, or for DPO)."""
+    if data.holdout_rows == 0 or method == "dpo":
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, data.holdout_rows, 16):
+        batch = data.holdout_batch(list(range(start, min(start + 16, data.holdout_rows))))
+        loss, n = lm_loss_sum(model, batch)
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def save_output(model: Any, tokenizer: Any, config: TrainConfig, out_dir: Path) -> Path:
+    """The deliverable: a peft adapter directory, or a full model directory with its tokenizer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = model.module if hasattr(model, "module") else model
+    target.save_pretrained(str(out_dir), safe_serialization=True)
+    if not config.uses_adapter:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def train(
+    config: TrainConfig,
+    *,
+    base_model_dir: Path,
+    data_dir: Path,
+    checkpoint_dir: Path,
+    output_dir: Path,
+    sink: MetricsSink | None = None,
+    preemption: PreemptionFlag | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) one run to completion and write its output.
+
+    Raises `Preempted` after an emergency checkpoint when `preemption` is requested, and
+    `TrainingError` (with the step) on NaN/inf loss or gradients — a failure retrying cannot fix."""
+    sink = sink or NullSink()
+    preemption = preemption or PreemptionFlag()
+    rank, world = _dist()
+    seed_everything(config.seed)
+
+    # --- set up -------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(base_model_dir)
+    data = load_training_data(data_dir, tokenizer.pad_token_id)
+    model = prepare_model(config, base_model_dir)
+    batch_size = resolve_batch_size(config, data.rows)
+    micro_per_epoch = math.ceil(data.rows / batch_size)
+    total_steps = config.max_steps or math.ceil(
+        config.n_epochs * micro_per_epoch / config.gradient_accumulation_steps
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    train_model: Any = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+
+    state = ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config.config_hash())
+    latest = ckpt.latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        if state.config_hash != config.config_hash():
+            raise TrainingError(
+                f"{latest}: checkpoint belongs to another config ({state.config_hash[:12]}); use a new checkpoint dir"
+            )
+        state.preempted = False
+    resumed_from = state.step
+
+    def write_checkpoint(preempted: bool = False) -> Path | None:
+        state.preempted = preempted
+        path = None
+        if rank == 0:
+            sink.status("checkpointing", state.step)
+            path = ckpt.save_checkpoint(
+                checkpoint_dir,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state=state,
+                keep=config.keep_checkpoints,
+            )
+            sink.status("preempted" if preempted else "running", state.step)
+        if world > 1:
+            torch.distributed.barrier()
+        return path
+
+    # --- loop -----------------------------------------------------------------------------------
+    stream = _positions(data, config, batch_size, (state.epoch, state.index))
+    losses: list[float] = []
+    started = time.perf_counter()
+    tokens_total = 0
+    sink.status("running", state.step)
+    while state.step < total_steps:
+        step_started = time.perf_counter()
+        micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
+        batches = [
+            data.train_batch(rows[rank::world]) if world > 1 else data.train_batch(rows)
+            for _, _, rows in micro
+        ]
+        label_tokens = sum(b["loss_tokens"] for b in batches)
+        if world > 1:
+            counts = torch.tensor([label_tokens], dtype=torch.long)
+            torch.distributed.all_reduce(counts)
+            label_tokens = int(counts)
+        step_loss = 0.0
+        for batch in batches:
+            if config.method == "dpo":
+                loss_sum, _ = dpo_loss_sum(train_model, batch, config.dpo_beta)
+            else:
+                loss_sum, _ = lm_loss_sum(train_model, batch)
+            # DDP averages gradients over ranks; scale so the result is the global token mean.
+            (loss_sum * world / max(1, label_tokens)).backward()
+            step_loss += float(loss_sum.detach())
+        if world > 1:
+            reduced = torch.tensor([step_loss])
+            torch.distributed.all_reduce(reduced)
+            step_loss = float(reduced)
+        loss_value = step_loss / max(1, label_tokens)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise TrainingError(
+                f"step {state.step + 1}: {what} is {loss_value if what == 'loss' else grad_norm}; "
+                "lower learning_rate_multiplier, check the data for empty or extreme rows, or use float32."
+            )
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        last_epoch, last_index, last_rows = micro[-1]
+        state.step += 1
+        state.epoch, state.index = last_epoch, last_index + len(last_rows)
+        if state.index >= data.rows:
+            state.epoch, state.index = state.epoch + 1, 0
+        step_tokens = sum(b["real_tokens"] for b in batches) * world
+        tokens_total += step_tokens
+        state.tokens_seen += step_tokens
+        losses.append(loss_value)
+        elapsed = time.perf_counter() - step_started
+        metrics = {
+            "loss": loss_value,
+            "grad_norm": grad_norm,
+            "learning_rate": lr,
+            "tokens_per_second": step_tokens / max(elapsed, 1e-9),
+            "epoch": state.epoch + state.index / data.rows,
+        }
+        if torch.cuda.is_available():
+            metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if rank == 0:
+            sink.log(state.step, metrics)
+        if on_step is not None:
+            on_step(state.step)
+        if preemption.requested and state.step < total_steps:
+            path = write_checkpoint(preempted=True)
+            raise Preempted(state.step, str(path))
+        if state.step % config.checkpoint_interval == 0 and state.step < total_steps:
+            write_checkpoint()
+            val = validation_loss(model, data, config.method)
+            if val is not None and rank == 0:
+                sink.log(state.step, {"validation_loss": val})
+
+    # --- finish ---------------------------------------------------------------------------------
+    write_checkpoint()
+    val = validation_loss(model, data, config.method)
+    if val is not None and rank == 0:
+        sink.log(state.step, {"validation_loss": val})
+    if rank == 0:
+        save_output(model, tokenizer, config, output_dir)
+    duration = time.perf_counter() - started
+    return TrainResult(
+        output_dir=output_dir,
+        steps=state.step,
+        losses=losses,
+        first_loss=losses[0] if losses else float("nan"),
+        final_loss=losses[-1] if losses else float("nan"),
+        tokens_per_second=tokens_total / max(duration, 1e-9),
+        packing_efficiency=data.packing_efficiency,
+        validation_loss=val,
+        resumed_from_step=resumed_from,
+        metrics={
+            "world_size": float(world),
+            "batch_size": float(batch_size),
+            "total_steps": float(total_steps),
+        },
+    )
+
+
+def local_rank() -> int:
+    """LOCAL_RANK under torchrun, else 0."""
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,1 @@
+"""Evaluation assets: eval_report and registered_adapter, per fine-tune job."""

@@ -1,0 +1,132 @@
+"""Evaluation assets, partitioned by fine-tune job: `eval_report` scores base model and adapter on
+the task holdout and applies the gates; `registered_adapter` records the adapter with its full
+lineage and, when every gate passed, moves it to staging for the promotion sensor."""
+
+import json
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from fineplat.basemodel import resolve_base_model
+from fineplat.evaluation.report import evaluate_candidate
+from fineplat.registry import job_config_hash
+from fineplat.submission import read_job_spec
+from fineplat_assets.partitions import job_partitions
+from fineplat_assets.training.assets import adapter, holdout_records, job_keys
+from fineplat_resources.registry import RegistryResource
+from fineplat_resources.storage import ObjectStoreResource
+
+GROUP = "evaluation"
+
+
+def _output_key(store, reg, spec) -> str:  # type: ignore[no-untyped-def]
+    """The job's own output, or that of the identical run it reused."""
+    own = job_keys(spec.job_id)["output"]
+    if store.exists(own) and any(store.local(own).iterdir()):
+        return own
+    config = spec.train_config
+    base = resolve_base_model(spec.base_model)
+    previous = reg.find_succeeded_job(
+        job_config_hash(config.method, config.model_dump(mode="json"), base.sha, spec.dataset_id)
+    )
+    if previous is None:
+        raise FileNotFoundError(f"job {spec.job_id}: no trained output; materialize `adapter` first")
+    return job_keys(previous.id)["output"]
+
+
+@asset(
+    partitions_def=job_partitions,
+    group_name=GROUP,
+    deps=[adapter],
+    kinds={"pytorch"},
+    check_specs=[
+        AssetCheckSpec(
+            "gates_passed", asset="eval_report", blocking=False, description="All promotion gates passed."
+        )
+    ],
+)
+def eval_report(
+    context: AssetExecutionContext, object_store: ObjectStoreResource, registry: RegistryResource
+) -> MaterializeResult:
+    """Base vs adapter on the job's task holdout (greedy decoding, exact match) and the gates."""
+    store = object_store.get_store()
+    reg = registry.get_registry()
+    spec = read_job_spec(store, context.partition_key)
+    base = resolve_base_model(spec.base_model)
+    keys = job_keys(spec.job_id)
+    records = holdout_records(store.local(keys["data"]))
+    report = evaluate_candidate(base.path, store.local(_output_key(store, reg, spec)), records)
+    with store.writing(keys["eval"]) as out:
+        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    table = ["| prompt | reference | base | adapter |", "|---|---|---|---|"] + [
+        f"| {s['prompt'][-60:].replace('|', '/').replace(chr(10), ' ')} | {s['reference']} | {s['base_reply'][:40]} | {s['reply'][:40]} |"
+        for s in report.samples
+    ]
+    gates_md = "\n".join(f"- {'✅' if g.passed else '❌'} **{g.name}**: {g.detail}" for g in report.gates)
+    return MaterializeResult(
+        metadata={
+            "holdout_rows": report.holdout_rows,
+            "base_exact_match": report.base_exact_match,
+            "adapter_exact_match": report.candidate_exact_match,
+            "gain_points": round(100 * (report.candidate_exact_match - report.base_exact_match), 1),
+            "passed": report.passed,
+            "gates": MetadataValue.md(gates_md),
+            "samples": MetadataValue.md("\n".join(table)),
+            "uri": store.uri(keys["eval"]),
+        },
+        check_results=[
+            AssetCheckResult(
+                check_name="gates_passed",
+                passed=report.passed,
+                metadata={"gates": MetadataValue.md(gates_md)},
+            )
+        ],
+    )
+
+
+@asset(partitions_def=job_partitions, group_name=GROUP, deps=[eval_report], kinds={"sql"})
+def registered_adapter(
+    context: AssetExecutionContext, object_store: ObjectStoreResource, registry: RegistryResource
+) -> MaterializeResult:
+    """The registry row: base SHA + dataset version + hyperparameter hash + eval results. Adapters
+    that passed every gate go to `staging`, where the promotion sensor picks them up."""
+    store = object_store.get_store()
+    reg = registry.get_registry()
+    spec = read_job_spec(store, context.partition_key)
+    config = spec.train_config
+    base = resolve_base_model(spec.base_model)
+    report = json.loads((store.local(job_keys(spec.job_id)["eval"]) / "report.json").read_text())
+    model = reg.register_model(
+        name=spec.name,
+        base_model_sha=base.sha,
+        dataset_id=spec.dataset_id,
+        hparams_hash=config.config_hash(),
+        kind="lora" if config.uses_adapter else "full",
+        uri=store.uri(_output_key(store, reg, spec)),
+        job_id=spec.job_id,
+        eval_results=report,
+        gates_passed=bool(report["passed"]),
+    )
+    if model.gates_passed and model.stage == "dev":
+        model = reg.transition(model.id, "staging", actor="fineplat-gates", reason="all eval gates passed")
+    lineage = reg.lineage(model.id)
+    return MaterializeResult(
+        metadata={
+            "model_id": model.id,
+            "name": model.name,
+            "version": model.version,
+            "stage": model.stage,
+            "serving_name": model.serving_name,
+            "base_model_sha": model.base_model_sha,
+            "dataset_id": model.dataset_id,
+            "hparams_hash": model.hparams_hash,
+            "gates_passed": model.gates_passed,
+            "lineage": MetadataValue.json(json.loads(json.dumps(lineage, default=str))),
+        }
+    )

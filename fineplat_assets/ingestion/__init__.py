@@ -1,0 +1,1 @@
+"""Ingestion assets: raw → validated → deduplicated → decontaminated, per dataset upload."""

@@ -1,0 +1,1 @@
+"""Training assets: training_data and adapter, per fine-tune job."""

@@ -1,0 +1,203 @@
+"""Training assets, partitioned by fine-tune job: `training_data` tokenizes and packs the job's
+dataset version with the base model's own tokenizer; `adapter` trains it in an external process
+through Dagster Pipes, turning a preemption into a retry that resumes from the latest checkpoint."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AllPartitionMapping,
+    AssetDep,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    RetryRequested,
+    asset,
+)
+
+from fineplat.basemodel import load_tokenizer, resolve_base_model
+from fineplat.ingestion import read_parquet
+from fineplat.packing.build import build_training_data, read_manifest
+from fineplat.registry import job_config_hash
+from fineplat.storage import local_path
+from fineplat.submission import read_job_spec
+from fineplat_assets.ingestion.assets import decontaminated_dataset
+from fineplat_assets.metadata import plot_loss_curve, png_markdown
+from fineplat_assets.partitions import job_partitions
+from fineplat_resources.launcher import ComputeLauncher
+from fineplat_resources.registry import RegistryResource
+from fineplat_resources.storage import ObjectStoreResource
+from fineplat_resources.tracking import ExperimentTrackerResource
+
+GROUP = "training"
+# Spot capacity can vanish repeatedly; each preemption resumes from a checkpoint, so allow many.
+MAX_PREEMPTION_RETRIES = 10
+PREEMPTION_RETRY_WAIT_SECONDS = 5
+
+
+def job_keys(job_id: str) -> dict[str, str]:
+    """Object-store keys of one job's artifacts."""
+    return {
+        "data": f"training_data/{job_id}",
+        "checkpoints": f"checkpoints/{job_id}",
+        "output": f"adapters/{job_id}",
+        "eval": f"eval/{job_id}",
+    }
+
+
+@asset(
+    partitions_def=job_partitions,
+    group_name=GROUP,
+    # The dataset version a job uses is in its spec; the edge is asset-level here and recorded
+    # per partition in metadata and the registry (see DESIGN.md).
+    deps=[AssetDep(decontaminated_dataset, partition_mapping=AllPartitionMapping())],
+    kinds={"pytorch"},
+)
+def training_data(
+    context: AssetExecutionContext, object_store: ObjectStoreResource, registry: RegistryResource
+) -> MaterializeResult:
+    """The job's dataset version tokenized with the base model's own chat template (loss on
+    assistant tokens only), split into train and task holdout, and packed into windows."""
+    store = object_store.get_store()
+    spec = read_job_spec(store, context.partition_key)
+    config = spec.train_config
+    base = resolve_base_model(spec.base_model)
+    rows = read_parquet(store.local(f"datasets/by-id/{spec.dataset_id}") / "rows.parquet")
+    tokenizer = load_tokenizer(base.path)
+    key = job_keys(spec.job_id)["data"]
+    with store.writing(key) as out:
+        manifest = build_training_data(
+            rows, tokenizer, out, max_seq_len=config.max_seq_len, packing=config.packing
+        )
+        if config.method == "dpo":
+            from fineplat.training.dpo import precompute_reference_logps
+
+            precompute_reference_logps(base.path, out)
+    job = registry.get_registry().create_job(
+        spec.job_id,
+        method=config.method,
+        base_model=spec.base_model,
+        base_model_sha=base.sha,
+        dataset_id=spec.dataset_id,
+        config=config.model_dump(mode="json"),
+    )
+    return MaterializeResult(
+        metadata={
+            "job_id": spec.job_id,
+            "dataset_id": spec.dataset_id,
+            "base_model": spec.base_model,
+            "base_model_sha": base.sha,
+            "config_hash": job.config_hash,
+            "train_examples": manifest.train_examples,
+            "train_windows": manifest.train_rows,
+            "holdout_examples": manifest.holdout_examples,
+            "train_tokens": manifest.train_tokens,
+            "loss_tokens": manifest.loss_tokens,
+            "packing_efficiency": manifest.packing_efficiency,
+            "truncated_examples": manifest.truncated_examples,
+            "uri": store.uri(key),
+        }
+    )
+
+
+@asset(partitions_def=job_partitions, group_name=GROUP, deps=[training_data], kinds={"pytorch", "mlflow"})
+def adapter(
+    context: AssetExecutionContext,
+    object_store: ObjectStoreResource,
+    registry: RegistryResource,
+    tracker: ExperimentTrackerResource,
+    launcher: ComputeLauncher,
+) -> MaterializeResult:
+    """The trained adapter (or full model), produced by `k8s_ops.train_entry` outside this process.
+    Preemption → retry with resume; NaN, bad data or OOM → failure without retry. An identical
+    run that already succeeded is reused instead of trained again."""
+    store = object_store.get_store()
+    reg = registry.get_registry()
+    spec = read_job_spec(store, context.partition_key)
+    config = spec.train_config
+    base = resolve_base_model(spec.base_model)
+    keys = job_keys(spec.job_id)
+    identity = job_config_hash(config.method, config.model_dump(mode="json"), base.sha, spec.dataset_id)
+    previous = reg.find_succeeded_job(identity)
+    if previous is not None and store.exists(job_keys(previous.id)["output"]) and context.retry_number == 0:
+        context.log.info(f"identical run {previous.id} already succeeded; reusing its output")
+        return MaterializeResult(
+            metadata={
+                "reused_from_job": previous.id,
+                "uri": store.uri(job_keys(previous.id)["output"]),
+                "job_id": spec.job_id,
+            }
+        )
+    reg.update_job(
+        spec.job_id, status="running", attempts=context.retry_number + 1, dagster_run_id=context.run_id
+    )
+    output_dir = local_path(store, keys["output"])
+    extras = {
+        "job_id": spec.job_id,
+        "config": config.model_dump(mode="json"),
+        "base_model": spec.base_model,
+        "base_model_dir": str(base.path),
+        "base_model_sha": base.sha,
+        "dataset_id": spec.dataset_id,
+        "data_dir": str(store.local(keys["data"])),
+        "checkpoint_dir": str(local_path(store, keys["checkpoints"])),
+        "output_dir": str(output_dir),
+        "registry_url": registry.url,
+        "mlflow_uri": tracker.resolved_uri(),
+        "mlflow_experiment": tracker.experiment,
+    }
+    launched = launcher.launch_training(context, extras=extras)
+    messages = launched.custom_messages
+    if launched.preempted:
+        step = next((m.get("step") for m in messages if isinstance(m, dict) and m.get("preempted")), None)
+        context.log.warning(f"job {spec.job_id} preempted after step {step}; retrying from its checkpoint")
+        raise RetryRequested(
+            max_retries=MAX_PREEMPTION_RETRIES, seconds_to_wait=PREEMPTION_RETRY_WAIT_SECONDS
+        )
+    if launched.exit_code != 0:
+        error = next((m.get("error") for m in messages if isinstance(m, dict) and m.get("failed")), None)
+        reg.update_job(
+            spec.job_id, status="failed", error=error or f"trainer exited with code {launched.exit_code}"
+        )
+        raise Failure(
+            description=f"training job {spec.job_id} failed: {error or f'exit code {launched.exit_code}'}",
+            allow_retries=False,
+        )
+    result = next(m["result"] for m in messages if isinstance(m, dict) and "result" in m)
+    validation = [(m.step, m.value) for m in reg.metrics(spec.job_id, "validation_loss")]
+    all_losses = [m.value for m in sorted(reg.metrics(spec.job_id, "loss"), key=lambda m: m.step)]
+    curve = plot_loss_curve(
+        all_losses, Path(store.local(keys["data"])) / "loss_curve.png", validation=validation
+    )
+    (Path(output_dir) / "fineplat_run.json").write_text(
+        json.dumps({**result, "job_id": spec.job_id}, indent=2, default=str)
+    )
+    return MaterializeResult(
+        metadata={
+            "job_id": spec.job_id,
+            "method": config.method,
+            "steps": result["steps"],
+            "loss_first": all_losses[0] if all_losses else result["first_loss"],
+            "loss_last": result["final_loss"],
+            "validation_loss": result["validation_loss"],
+            "tokens_per_second": round(result["tokens_per_second"], 1),
+            "packing_efficiency": result["packing_efficiency"],
+            "attempts": context.retry_number + 1,
+            "resumed_from_step": result["resumed_from_step"],
+            "mlflow_run_id": result["mlflow_run_id"],
+            "loss_curve": png_markdown(curve, "training loss"),
+            "uri": MetadataValue.path(str(output_dir)),
+        }
+    )
+
+
+def holdout_records(data_dir: Path) -> list[str]:
+    """The task-holdout records of a job's training data."""
+    return pl.read_parquet(data_dir / "holdout.parquet").get_column("record").to_list()
+
+
+def training_manifest(data_dir: Path):  # type: ignore[no-untyped-def]
+    """The training-data manifest (re-exported for the evaluation assets)."""
+    return read_manifest(data_dir)

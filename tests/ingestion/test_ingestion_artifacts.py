@@ -1,0 +1,143 @@
+"""Dataset artifacts: the content-hash version id (order- and format-independent, deterministic),
+Parquet round trips, the quarantine file, totals across stages, and the statistics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fineplat.ingestion import (
+    KEPT_SCHEMA,
+    REJECTED_SCHEMA,
+    BenchmarkRegistry,
+    dataset_version_id,
+    deduplicate_rows,
+    decontaminate_rows,
+    generate_benchmark_sample,
+    ingestion_totals,
+    read_parquet,
+    read_quarantine,
+    read_raw,
+    run_ingestion,
+    validate_rows,
+    write_parquet,
+    write_quarantine,
+)
+from fineplat.ingestion.stats import dataset_statistics, plot_length_histogram
+from fineplat.ingestion.validate import validate_batches
+
+ROWS = [
+    {"messages": [{"role": "user", "content": f"Question number {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+    for i in range(6)
+]
+
+
+def test_version_id_ignores_order_file_format_and_line_numbers(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+    jsonl = validate_rows(read_raw(write_lines(ROWS))).kept
+    reversed_file = validate_rows(read_raw(write_lines(list(reversed(ROWS)), name="reversed.jsonl"))).kept
+    parquet_path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), parquet_path)
+    from_parquet = validate_rows(read_raw(parquet_path)).kept
+    version = dataset_version_id(jsonl)
+    assert version.startswith("ds-") and len(version) == 3 + 64
+    assert dataset_version_id(reversed_file) == version
+    assert dataset_version_id(from_parquet) == version
+    assert dataset_version_id(jsonl.sample(fraction=1.0, shuffle=True, seed=3)) == version
+
+
+def test_version_id_changes_when_content_changes(write_lines: Callable[..., Path]) -> None:
+    kept = validate_rows(read_raw(write_lines(ROWS))).kept
+    edited = [*ROWS[:-1], {"messages": [{"role": "user", "content": "Question number 5?"}, {"role": "assistant", "content": "Answer 5!"}]}]
+    weighted = [*ROWS[:-1], {"messages": [ROWS[-1]["messages"][0], {**ROWS[-1]["messages"][1], "weight": 0}, *ROWS[0]["messages"]]}]
+    assert dataset_version_id(validate_rows(read_raw(write_lines(edited, name="e.jsonl"))).kept) != dataset_version_id(kept)
+    assert dataset_version_id(validate_rows(read_raw(write_lines(weighted, name="w.jsonl"))).kept) != dataset_version_id(kept)
+    assert dataset_version_id(kept.head(5)) != dataset_version_id(kept)
+
+
+def test_parquet_round_trip_keeps_the_documented_columns(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+    kept = validate_rows(read_raw(write_lines(ROWS))).kept
+    path = write_parquet(kept, tmp_path / "out" / "kept.parquet")
+    back = read_parquet(path)
+    assert back.schema == pl.Schema(KEPT_SCHEMA)
+    assert back.equals(kept)
+    assert dataset_version_id(back) == dataset_version_id(kept)
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_quarantine_has_one_line_per_rejected_row(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+    path = write_lines([ROWS[0], "{not json", {"messages": [{"role": "user", "content": "unanswered"}]}])
+    rejected = validate_rows(read_raw(path)).rejected
+    quarantine = write_quarantine(rejected, tmp_path / "quarantine.jsonl")
+    lines = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert [(entry["line"], entry["reasons"], entry["raw"]) for entry in lines] == [
+        (2, ["json_parse_error"], "{not json"),
+        (3, ["last_turn_not_assistant"], '{"messages": [{"role": "user", "content": "unanswered"}]}'),
+    ]
+    assert all(entry["detail"].startswith(f"{path}, line {entry['line']}: ") for entry in lines)
+    back = read_quarantine(quarantine)
+    assert back.schema == pl.Schema(REJECTED_SCHEMA)
+    assert back.equals(rejected)
+
+
+def test_every_row_is_kept_quarantined_or_removed_with_a_reason(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+    benchmark = generate_benchmark_sample(tmp_path / "gsm.jsonl", n=2)
+    question = json.loads(benchmark.read_text().splitlines()[0])["question"]
+    rows: list[Any] = [*ROWS, ROWS[0], "{bad", {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "42"}]}]
+    registry = BenchmarkRegistry()
+    registry.add("gsm8k-sample", benchmark)
+    result = run_ingestion(write_lines(rows), benchmarks=registry)
+    assert result.totals == {"rows_in": 9, "kept": 6, "quarantined": 1, "removed_duplicate": 1, "removed_contaminated": 1}
+    assert sorted(result.rejected["line"].to_list()) == [7, 8, 9]
+    assert result.version_id == dataset_version_id(validate_rows(read_raw(write_lines(ROWS, name="clean.jsonl"))).kept)
+    # The stage functions chained by hand (as the Dagster assets do) give the same totals.
+    validated = validate_rows(read_raw(write_lines(rows, name="again.jsonl")))
+    deduplicated = deduplicate_rows(validated.kept)
+    decontaminated = decontaminate_rows(deduplicated.kept, registry)
+    assert ingestion_totals([validated.report, deduplicated.report, decontaminated.report]) == result.totals
+
+
+def test_totals_that_do_not_add_up_are_an_error() -> None:
+    reports = [
+        {"stage": "validate", "rows_in": 10, "kept": 8, "rejected": 2},
+        {"stage": "deduplicate", "rows_in": 7, "kept": 7, "rejected": 0},
+    ]
+    with pytest.raises(AssertionError, match="stage deduplicate received 7 rows, validate kept 8"):
+        ingestion_totals(reports)
+
+
+def test_batched_validation_equals_one_pass(write_lines: Callable[..., Path]) -> None:
+    rows: list[Any] = [*ROWS, "{bad", *ROWS[:2]]
+    path = write_lines(rows)
+    whole = validate_rows(read_raw(path))
+    from fineplat.ingestion import iter_raw
+
+    batched = validate_batches(iter_raw(path, batch_size=3))
+    assert batched.kept.equals(whole.kept)
+    assert batched.rejected.equals(whole.rejected)
+    assert {k: v for k, v in batched.report.items() if k != "batches"} == whole.report
+    assert batched.report["batches"] == 3
+
+
+def test_statistics_count_tokens_and_loss_share_with_the_chat_template(
+    tmp_path: Path, write_lines: Callable[..., Path], tokenizer: Any
+) -> None:
+    kept = validate_rows(read_raw(write_lines(ROWS[:2]))).kept
+    stats = dataset_statistics(kept, tokenizer)
+    expected_lengths = [
+        len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]) for row in ROWS[:2]
+    ]
+    answer_tokens = [len(tokenizer(f"Answer {i}.<|eot_id|>", add_special_tokens=False)["input_ids"]) for i in range(2)]
+    assert stats["lengths"] == expected_lengths
+    assert stats["tokens_total"] == sum(expected_lengths)
+    assert stats["loss_tokens"] == sum(answer_tokens)
+    assert stats["loss_token_share"] == round(sum(answer_tokens) / sum(expected_lengths), 4)
+    assert stats["rows_per_source"] == {kept["source"][0]: 2}
+    png = plot_length_histogram(stats["lengths"], tmp_path / "plots" / "lengths.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,242 @@
+"""Real third-party dataset shapes are detected and normalized into the one internal form. Each
+fixture reproduces the exact record layout of a public dataset family (field names, nesting,
+role names, metadata fields) with made-up content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fineplat.errors import DatasetError
+from fineplat.ingestion import StageResult, read_raw, validate_rows
+
+
+def _records(result: StageResult) -> list[dict[str, Any]]:
+    return [json.loads(record) for record in result.kept["record"]]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_openai_fine_tuning_jsonl_with_weights_and_tool_calls(tmp_path: Path) -> None:
+    # OpenAI fine-tuning format: messages with optional per-message weight, tool_calls, tools list.
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Marv is a factual chatbot that is also sarcastic."},
+                {"role": "user", "content": "What's the capital of France?"},
+                {"role": "assistant", "content": "Paris, as if everyone doesn't know that already.", "weight": 0},
+                {"role": "user", "content": "Can you be more sarcastic?"},
+                {"role": "assistant", "content": "Paris, as if everyone doesn't know that already.", "weight": 1},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "What is the weather in San Francisco?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "call_id",
+                            "type": "function",
+                            "function": {"name": "get_current_weather", "arguments": '{"location": "San Francisco, USA"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_id", "content": "21.0"},
+                {"role": "assistant", "content": "It is 21 degrees celsius in San Francisco, CA"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "get_current_weather", "parameters": {}}}],
+        },
+    ]
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "openai.jsonl", rows)))
+    assert result.report["schema"] == "openai"
+    assert result.report["rejected"] == 0
+    first, second = _records(result)
+    assert first["messages"][2] == {
+        "role": "assistant",
+        "content": "Paris, as if everyone doesn't know that already.",
+        "weight": 0,
+    }
+    assert "weight" not in first["messages"][4]
+    assert second["messages"][1]["role"] == "assistant"
+    assert json.loads(second["messages"][1]["content"])[0]["function"]["name"] == "get_current_weather"
+    assert second["messages"][2] == {"role": "tool", "content": "21.0"}
+    assert result.kept["kind"].to_list() == ["chat", "chat"]
+
+
+def test_alpaca_json_array(tmp_path: Path) -> None:
+    # tatsu-lab/alpaca's alpaca_data.json: a JSON array of instruction/input/output objects.
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat well.\n2. Sleep.\n3. Move."},
+                {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+            ],
+            indent=4,
+        )
+    )
+    result = validate_rows(read_raw(path))
+    assert result.report["schema"] == "alpaca"
+    assert result.kept["line"].to_list() == [2, 7]
+    assert _records(result) == [
+        {
+            "messages": [
+                {"role": "user", "content": "Give three tips for staying healthy."},
+                {"role": "assistant", "content": "1. Eat well.\n2. Sleep.\n3. Move."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Translate to French.\n\nGood morning"},
+                {"role": "assistant", "content": "Bonjour"},
+            ]
+        },
+    ]
+
+
+def test_sharegpt_with_function_call_turns(tmp_path: Path) -> None:
+    # ShareGPT (id + conversations of from/value) with LLaMA-Factory's function_call/observation turns.
+    rows = [
+        {
+            "id": "QWJhYvA_0",
+            "conversations": [
+                {"from": "human", "value": "Summarize the plot of Hamlet in one line."},
+                {"from": "gpt", "value": "A prince avenges his father and everyone dies."},
+            ],
+        },
+        {
+            "conversations": [
+                {"from": "human", "value": "What's the stock price of ACME?"},
+                {"from": "function_call", "value": '{"name": "get_stock_price", "arguments": {"symbol": "ACME"}}'},
+                {"from": "observation", "value": '{"price": 12.5}'},
+                {"from": "gpt", "value": "ACME trades at $12.50."},
+            ],
+            "system": "You can call functions.",
+            "tools": '[{"name": "get_stock_price"}]',
+        },
+    ]
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "sharegpt.jsonl", rows)))
+    assert result.report["schema"] == "sharegpt"
+    assert result.report["rejected"] == 0
+    assert result.report["ignored_fields"] == {"id": 1}
+    assert [m["role"] for m in _records(result)[1]["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert _records(result)[1]["messages"][2]["content"] == '{"name": "get_stock_price", "arguments": {"symbol": "ACME"}}'
+
+
+def test_anthropic_hh_chosen_rejected_transcripts(tmp_path: Path) -> None:
+    # Anthropic/hh-rlhf: only chosen/rejected, each a whole "\n\nHuman: ...\n\nAssistant: ..." transcript.
+    rows = [
+        {
+            "chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt.\n\nHuman: How long?\n\nAssistant: About 40 minutes at 220C.",
+            "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt.\n\nHuman: How long?\n\nAssistant: Buy some instead.",
+        }
+    ]
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "hh.jsonl", rows)), purpose="dpo")
+    assert result.report["schema"] == "preference"
+    assert _records(result) == [
+        {
+            "prompt": [
+                {"role": "user", "content": "How do I bake bread?"},
+                {"role": "assistant", "content": "Mix flour, water, yeast and salt."},
+                {"role": "user", "content": "How long?"},
+            ],
+            "chosen": [{"role": "assistant", "content": "About 40 minutes at 220C."}],
+            "rejected": [{"role": "assistant", "content": "Buy some instead."}],
+        }
+    ]
+    assert result.kept["kind"].to_list() == ["preference"]
+
+
+def test_ultrafeedback_message_list_preferences(tmp_path: Path) -> None:
+    # HuggingFaceH4/ultrafeedback_binarized: prompt string, chosen/rejected full conversations, extra fields.
+    rows = [
+        {
+            "prompt": "Name a prime number.",
+            "prompt_id": "9f1c",
+            "chosen": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7"}],
+            "rejected": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "9"}],
+            "messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7"}],
+            "score_chosen": 9.0,
+            "score_rejected": 2.0,
+        }
+    ]
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "uf.jsonl", rows)), purpose="dpo")
+    assert result.report["schema"] == "preference"
+    assert result.report["ignored_fields"] == {"messages": 1, "prompt_id": 1, "score_chosen": 1, "score_rejected": 1}
+    assert _records(result) == [
+        {
+            "prompt": [{"role": "user", "content": "Name a prime number."}],
+            "chosen": [{"role": "assistant", "content": "7"}],
+            "rejected": [{"role": "assistant", "content": "9"}],
+        }
+    ]
+    # The same file for SFT trains on its `messages` column.
+    sft = validate_rows(read_raw(tmp_path / "uf.jsonl"), purpose="sft")
+    assert sft.report["schema"] == "openai"
+
+
+def test_prompt_completion_and_string_preferences(tmp_path: Path) -> None:
+    pc = validate_rows(read_raw(_write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2=", "completion": "4"}])))
+    assert pc.report["schema"] == "prompt_completion"
+    assert _records(pc) == [{"messages": [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]}]
+    pref = validate_rows(
+        read_raw(_write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])),
+        purpose="dpo",
+    )
+    assert _records(pref) == [
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        }
+    ]
+
+
+def test_plain_text_for_continued_pretraining(tmp_path: Path) -> None:
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "cpt.jsonl", [{"text": "Once upon a time."}])), purpose="cpt")
+    assert _records(result) == [{"text": "Once upon a time."}]
+    assert result.kept["kind"].to_list() == ["text"]
+    assert result.kept["text"].to_list() == ["Once upon a time."]
+
+
+def test_save_to_disk_directory_made_with_the_datasets_library(tmp_path: Path) -> None:
+    import datasets
+
+    rows = [
+        {"messages": [{"role": "user", "content": "Ping"}, {"role": "assistant", "content": "Pong"}]},
+        {"messages": [{"role": "user", "content": "Marco"}, {"role": "assistant", "content": "Polo"}]},
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    result = validate_rows(read_raw(tmp_path / "ds"))
+    assert result.report["schema"] == "openai"
+    assert _records(result) == rows
+    assert result.kept["line"].to_list() == [1, 2]
+
+
+def test_csv_alpaca_file(tmp_path: Path) -> None:
+    path = tmp_path / "alpaca.csv"
+    path.write_text('instruction,input,output\n"Add the numbers.","2, 3",5\n')
+    result = validate_rows(read_raw(path))
+    assert _records(result) == [
+        {"messages": [{"role": "user", "content": "Add the numbers.\n\n2, 3"}, {"role": "assistant", "content": "5"}]}
+    ]
+    assert result.kept["line"].to_list() == [2]
+
+
+def test_schema_override_and_purpose_mismatch_are_explained(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])
+    with pytest.raises(DatasetError, match=r"look like preference data .* does not fit purpose 'sft'.*Use purpose='dpo'"):
+        validate_rows(read_raw(path), purpose="sft")
+    with pytest.raises(DatasetError, match=r"schema 'text' holds text rows, but purpose 'sft' needs chat rows"):
+        validate_rows(read_raw(path), schema="text")
+    # An explicit schema judges every row by it: these rows lack `completion`.
+    forced = validate_rows(read_raw(path), schema="prompt_completion")
+    assert forced.rejected["reasons"].to_list() == [["missing_field"]]
+    assert "field completion: expected field `completion`" in forced.rejected["detail"][0]
