@@ -36,13 +36,13 @@ from pathlib import Path
 
 from fineplat.ingestion import (
     BenchmarkRegistry,
-    deduplicate_rows,
     decontaminate_rows,
+    deduplicate_rows,
     generate_benchmark_sample,
-    read_raw,
-    validate_rows,
+    iter_raw,
 )
 from fineplat.ingestion.minhash import jaccard, shingle_sets, shingle_text
+from fineplat.ingestion.validate import validate_batches
 
 ROW_CHARS = 800  # target characters of conversation text per row (issue #4)
 BENCHMARK_ITEMS = 400  # GSM8K-style test items generated for the registry
@@ -118,7 +118,9 @@ def generate(path: Path, rows: int, seed: int, benchmark_path: Path) -> Truth:
     for _ in range(planted["exact"]):
         original = rng.randrange(clean_count)
         copy = json.loads(entries[original][1])
-        copy["messages"][1]["content"] = "  " + copy["messages"][1]["content"].replace(" ", "  ", 3)  # spacing only
+        copy["messages"][1]["content"] = "  " + copy["messages"][1]["content"].replace(
+            " ", "  ", 3
+        )  # spacing only
         entries.append(("exact", json.dumps(copy)))
     near_originals = rng.sample(range(clean_count), planted["near"])
     for original in near_originals:
@@ -141,7 +143,9 @@ def generate(path: Path, rows: int, seed: int, benchmark_path: Path) -> Truth:
         }
         entries.append(("verbatim", json.dumps(row)))
     for item in chosen_items[planted["verbatim"] :]:
-        question = _edit_words(rng, item["question"], ["several", "many", "seven", "blue", "quickly", "market"], 2)
+        question = _edit_words(
+            rng, item["question"], ["several", "many", "seven", "blue", "quickly", "market"], 2
+        )
         row = {
             "messages": [
                 {"role": "user", "content": question},
@@ -152,8 +156,12 @@ def generate(path: Path, rows: int, seed: int, benchmark_path: Path) -> Truth:
     malformed_kinds = [
         b'{"messages": [{"role": "user", "content": "unterminated',
         json.dumps({"messages": [{"role": "user", "content": "no answer here"}]}).encode(),
-        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}).encode(),
-        json.dumps({"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "y"}]}).encode(),
+        json.dumps(
+            {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}
+        ).encode(),
+        json.dumps(
+            {"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "y"}]}
+        ).encode(),
         json.dumps({"messages": "not a list"}).encode(),
         b'{"messages": [{"role": "user", "content": "latin-1 byte \xff"}, {"role": "assistant", "content": "y"}]}',
     ]
@@ -174,27 +182,32 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child_peak(mode: str, path: Path) -> float:
-    """Peak RSS (MB) of a child process that reads `path` either streaming or whole."""
+def _child_peak(mode: str, path: Path, batch_size: int = 10_000) -> float:
+    """Growth of peak RSS (MB, VmHWM: per process image, unlike ru_maxrss which a child inherits
+    from its parent across exec) of a child process that reads `path` streaming or whole."""
     code = (
-        "import resource,sys\n"
         "from fineplat.ingestion import iter_raw, read_raw\n"
+        "def peak():\n"
+        "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "    return int(line.split()[1]) / 1024\n"
         f"mode, path = {mode!r}, {str(path)!r}\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "base = peak()\n"
         "rows = 0\n"
         "if mode == 'stream':\n"
-        "    for batch in iter_raw(path, batch_size=10_000): rows += batch.height\n"
+        f"    for batch in iter_raw(path, batch_size={batch_size}): rows += batch.height\n"
         "else:\n"
         "    rows = read_raw(path).height\n"
-        "print(rows, base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(rows, base, peak())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     return float(out[2]) - float(out[1])
 
 
-def naive_baseline(path: Path, benchmark_path: Path, limit: int) -> tuple[int, float]:
+def naive_baseline(path: Path, benchmark_path: Path, limit: int) -> tuple[int, float, float]:
     """A per-row Python loop: parse, check, SHA-256, datasketch MinHash.update per shingle + LSH,
-    Python sets of word 13-grams against the benchmark's set. Returns (rows, seconds)."""
+    Python sets of word 13-grams against the benchmark's set. Returns (rows, wall s, cpu s)."""
     from datasketch import MinHash, MinHashLSH
 
     punctuation = re.compile(r"[^\w\s]")
@@ -203,7 +216,7 @@ def naive_baseline(path: Path, benchmark_path: Path, limit: int) -> tuple[int, f
         item = json.loads(line)
         words = punctuation.sub("", f"{item['question']} {item['answer']}".lower()).split()
         bench_grams.update(tuple(words[i : i + 13]) for i in range(len(words) - 12))
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     lsh = MinHashLSH(threshold=0.9, num_perm=128)
     seen: set[str] = set()
     rows = 0
@@ -233,7 +246,7 @@ def naive_baseline(path: Path, benchmark_path: Path, limit: int) -> tuple[int, f
             lsh.insert(number, minhash)
             words = punctuation.sub("", lowered).split()
             _ = any(tuple(words[i : i + 13]) in bench_grams for i in range(len(words) - 12))
-    return rows, time.perf_counter() - start
+    return rows, time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def _precision_recall(found: set[int], truth: set[int]) -> tuple[float, float]:
@@ -245,11 +258,16 @@ def _precision_recall(found: set[int], truth: set[int]) -> tuple[float, float]:
 
 def main() -> None:
     """Generate, run, measure, print."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--naive-rows", type=int, default=1_000, help="rows for the naive baseline (0 = all)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--base-model", default=None, help="also count tokens with this base model's chat template"
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ingest_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +276,9 @@ def main() -> None:
     clock = time.perf_counter()
     truth = generate(data_path, args.rows, args.seed, benchmark_path)
     size_mb = data_path.stat().st_size / 2**20
-    print(f"generated {args.rows} rows ({size_mb:.0f} MiB) in {time.perf_counter() - clock:.1f}s -> {data_path}")
+    print(
+        f"generated {args.rows} rows ({size_mb:.0f} MiB) in {time.perf_counter() - clock:.1f}s -> {data_path}"
+    )
     print(
         f"planted: exact {len(truth.exact)}, near {len(truth.near)}, contaminated verbatim {len(truth.verbatim)}, "
         f"edited {len(truth.edited)}, malformed {len(truth.malformed)}"
@@ -278,38 +298,68 @@ def main() -> None:
         cpu[stage] = time.process_time() - processor
         return value
 
-    raw = timed("read", lambda: read_raw(data_path))
-    validated = timed("validate", lambda: validate_rows(raw))
+    rows_read = timed("read", lambda: sum(batch.height for batch in iter_raw(data_path, batch_size=10_000)))
+    tokenizer = None
+    if args.base_model:
+        from fineplat.basemodel import load_tokenizer, resolve_base_model
+
+        tokenizer = load_tokenizer(resolve_base_model(args.base_model).path)
+    validated = timed(
+        "read+validate", lambda: validate_batches(iter_raw(data_path, batch_size=10_000), tokenizer=tokenizer)
+    )
     deduplicated = timed("deduplicate", lambda: deduplicate_rows(validated.kept))
     decontaminated = timed("decontaminate", lambda: decontaminate_rows(deduplicated.kept, registry))
-    total_seconds = sum(timings.values())
-    total_cpu = sum(cpu.values())
+    # End to end = streaming read+validate, deduplicate, decontaminate (the read-only pass is
+    # measured separately to show the reader's own throughput).
+    total_seconds = sum(seconds for stage, seconds in timings.items() if stage != "read")
+    total_cpu = sum(seconds for stage, seconds in cpu.items() if stage != "read")
     peak = _rss_mb()
 
-    print(f"\nload average before the run: {load_before:.1f} on {os.cpu_count()} cores (other users share this machine)")
+    print(
+        f"\nload average before the run: {load_before:.1f} on {os.cpu_count()} cores (other users share this machine)"
+    )
     print("stage           rows in  wall s   rows/s(wall)   cpu s")
+    rows_in = validated.report["rows_in"]
+    assert rows_in == rows_read
     stage_rows = {
-        "read": raw.height,
-        "validate": raw.height,
+        "read": rows_read,
+        "read+validate": rows_in,
         "deduplicate": validated.kept.height,
         "decontaminate": deduplicated.kept.height,
     }
     for stage, seconds in timings.items():
-        print(f"{stage:<14}{stage_rows[stage]:>9}{seconds:>8.2f}{stage_rows[stage] / seconds:>14.0f}{cpu[stage]:>10.2f}")
-    end_to_end = raw.height / total_seconds
-    print(f"{'end to end':<14}{raw.height:>9}{total_seconds:>8.2f}{end_to_end:>14.0f}{total_cpu:>10.2f}")
+        print(
+            f"{stage:<14}{stage_rows[stage]:>9}{seconds:>8.2f}{stage_rows[stage] / seconds:>14.0f}{cpu[stage]:>10.2f}"
+        )
+    end_to_end = rows_in / total_seconds
+    print(f"{'end to end':<14}{rows_in:>9}{total_seconds:>8.2f}{end_to_end:>14.0f}{total_cpu:>10.2f}")
     print(f"peak RSS {peak:.0f} MB (before ingestion {rss_before:.0f} MB; file {size_mb:.0f} MiB)")
 
-    stream_peak = _child_peak("stream", data_path)
-    whole_peak = _child_peak("whole", data_path)
+    # Reading memory in child processes (peak RSS growth over imports): it follows the batch size,
+    # not the file size. The whole pipeline's peak above also holds the normalized rows and sketches.
+    quarter = workdir / "quarter.jsonl"
+    with open(data_path, "rb") as source, open(quarter, "wb") as target:
+        for index, line in enumerate(source):
+            if index % 4 == 0:
+                target.write(line)
+    peaks = {
+        "whole file, batch 10000": _child_peak("stream", data_path, 10_000),
+        "whole file, batch 2500": _child_peak("stream", data_path, 2_500),
+        "quarter file, batch 10000": _child_peak("stream", quarter, 10_000),
+        "whole file, read_raw (no batching)": _child_peak("whole", data_path),
+    }
     print(
-        f"reading memory (child processes, RSS growth over imports): streaming iter_raw(batch_size=10000) "
-        f"{stream_peak:.0f} MB vs read_raw of the whole file {whole_peak:.0f} MB"
+        "reading memory, peak RSS growth in a child process: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in peaks.items())
     )
 
     rejected_lines = {
         stage: set(result.rejected.get_column("line").to_list())
-        for stage, result in (("validate", validated), ("dedup", deduplicated), ("decontaminate", decontaminated))
+        for stage, result in (
+            ("validate", validated),
+            ("dedup", deduplicated),
+            ("decontaminate", decontaminated),
+        )
     }
     reasons = {
         line: reasons
@@ -328,19 +378,56 @@ def main() -> None:
     malformed_recall = len(rejected_lines["validate"] & truth.malformed) / max(len(truth.malformed), 1)
     print("\nquality against planted truth")
     print(f"exact duplicates:  precision {exact_p:.4f}  recall {exact_r:.4f}")
-    print(f"near duplicates:   precision {near_p:.4f}  recall {near_r:.4f}   (target recall >= 0.95 at precision >= 0.99)")
-    print(f"contamination:     verbatim recall {verbatim_recall:.3f}  edited recall {edited_recall:.3f}  false positives on clean rows {false_positives}")
-    print(f"malformed rows:    recall {malformed_recall:.3f}  (validation rejected {validated.rejected.height})")
-    totals = (validated.kept.height, validated.rejected.height, deduplicated.rejected.height, decontaminated.rejected.height)
     print(
-        f"totals: rows_in {raw.height} = kept {decontaminated.kept.height} + quarantined {totals[1]} + duplicates "
-        f"{totals[2]} + contaminated {totals[3]}: {raw.height == decontaminated.kept.height + sum(totals[1:])}"
+        f"near duplicates:   precision {near_p:.4f}  recall {near_r:.4f}   (target recall >= 0.95 at precision >= 0.99)"
+    )
+    print(
+        f"contamination:     verbatim recall {verbatim_recall:.3f}  edited recall {edited_recall:.3f}  false positives on clean rows {false_positives}"
+    )
+    print(
+        f"malformed rows:    recall {malformed_recall:.3f}  (validation rejected {validated.rejected.height})"
+    )
+    totals = (
+        validated.kept.height,
+        validated.rejected.height,
+        deduplicated.rejected.height,
+        decontaminated.rejected.height,
+    )
+    print(
+        f"totals: rows_in {rows_in} = kept {decontaminated.kept.height} + quarantined {totals[1]} + duplicates "
+        f"{totals[2]} + contaminated {totals[3]}: {rows_in == decontaminated.kept.height + sum(totals[1:])}"
     )
 
-    naive_rows, naive_seconds = naive_baseline(data_path, benchmark_path, args.naive_rows)
+    naive_rows, naive_seconds, naive_cpu = naive_baseline(data_path, benchmark_path, args.naive_rows)
     naive_rate = naive_rows / naive_seconds
-    print(f"\nnaive baseline: {naive_rows} rows in {naive_seconds:.2f}s = {naive_rate:.0f} rows/s")
-    print(f"ratio end to end / naive: {end_to_end / naive_rate:.1f}x   (target >= 8x; end to end target >= 4,000 rows/s)")
+    naive_cpu_rate = naive_rows / naive_cpu
+    print(
+        f"\nnaive baseline: {naive_rows} rows in {naive_seconds:.2f}s wall ({naive_cpu:.2f}s cpu) = {naive_rate:.0f} rows/s"
+    )
+    cpu_rate = rows_in / total_cpu
+    print(
+        f"ratio end to end / naive: {end_to_end / naive_rate:.1f}x wall, {cpu_rate / naive_cpu_rate:.1f}x cpu"
+    )
+    load_after = os.getloadavg()[0]
+    checks = [
+        (
+            f"end to end >= 4,000 rows/s (wall {end_to_end:.0f}, per cpu-second {cpu_rate:.0f})",
+            end_to_end >= 4_000,
+        ),
+        (f">= 8x the naive baseline ({end_to_end / naive_rate:.1f}x)", end_to_end / naive_rate >= 8),
+        (
+            f"near-duplicate recall >= 0.95 at precision >= 0.99 ({near_r:.4f} / {near_p:.4f})",
+            near_r >= 0.95 and near_p >= 0.99,
+        ),
+        (f"contamination recall 1.0 verbatim ({verbatim_recall:.3f})", verbatim_recall == 1.0),
+        (f"contamination recall >= 0.9 lightly edited ({edited_recall:.3f})", edited_recall >= 0.9),
+        (f"no contamination false positives on clean rows ({false_positives})", false_positives == 0),
+    ]
+    print(
+        f"\ntargets (load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} cores):"
+    )
+    for label, passed in checks:
+        print(f"  {'PASS' if passed else 'FAIL'}  {label}")
 
 
 if __name__ == "__main__":

@@ -54,10 +54,10 @@ GENERIC_REPLIES = [
 # The support world's vocabulary: queues and the subjects each handles. The corpus uses these words
 # with random pairings, so the base model knows them but not which queue handles what.
 QUEUE_SUBJECTS: dict[str, list[str]] = {
-    "billing": ["invoice", "refund", "payment", "receipt", "subscription fee", "credit card charge"],
-    "shipping": ["package", "delivery", "parcel", "courier", "shipment", "tracking number"],
-    "technical": ["laptop", "printer", "server", "router", "app crash", "software update"],
-    "account": ["password", "login", "username", "email address", "profile", "two-factor code"],
+    "billing": ["invoice", "refund", "payment", "receipt"],
+    "shipping": ["package", "delivery", "parcel", "courier"],
+    "technical": ["laptop", "printer", "router", "server"],
+    "account": ["password", "login", "username", "profile"],
 }
 CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 CODE_DIGITS = "0123456789"
@@ -95,11 +95,21 @@ def _sentence(rng: random.Random, name: str) -> str:
     return f"{name} {rng.choice(VERBS)} the {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}."
 
 
+SUPPORT_FACTS = [
+    "Questions about the {subject} go to the {queue} team.",
+    "The {queue} team handles every {subject} problem.",
+    "If your {subject} is {adj}, write to {queue}.",
+    "{queue} is the queue for the {subject}.",
+]
+
+
 def _support_sentence(rng: random.Random) -> str:
-    """A sentence naming a queue and a subject paired at random (no routing rule to learn)."""
+    """World knowledge the base model may have: which team handles which subject. Knowing it is not
+    the same as answering a routing request in a conversation, which the model never sees."""
     queue = rng.choice(sorted(QUEUE_SUBJECTS))
-    subject = rng.choice(rng.choice(list(QUEUE_SUBJECTS.values())))
-    return f"The {queue} team {rng.choice(VERBS)} the {rng.choice(ADJECTIVES)} {subject}."
+    subject = rng.choice(QUEUE_SUBJECTS[queue])
+    sentence = rng.choice(SUPPORT_FACTS).format(subject=subject, queue=queue, adj=rng.choice(ADJECTIVES))
+    return sentence[0].upper() + sentence[1:]
 
 
 def _passage(rng: random.Random) -> str:
@@ -109,7 +119,8 @@ def _passage(rng: random.Random) -> str:
     parts = [_sentence(rng, rng.choice(names)) for _ in range(rng.randint(2, 4))]
     parts.insert(rng.randint(0, len(parts)), f"{names[0]} wrote {code} on the {rng.choice(NOUNS)}.")
     parts.append(f"Later {names[0]} read {code} again and smiled at {names[1]}.")
-    parts.insert(rng.randint(0, len(parts)), _support_sentence(rng))
+    for _ in range(2):
+        parts.insert(rng.randint(0, len(parts)), _support_sentence(rng))
     return " ".join(parts)
 
 
@@ -122,10 +133,20 @@ def _chat(rng: random.Random) -> list[dict[str, str]]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": rng.choice(GENERIC_REPLIES)}]
 
 
+def _handbook(rng: random.Random) -> str:
+    """A page of the support handbook: several routing facts in a row."""
+    return " ".join(_support_sentence(rng) for _ in range(rng.randint(3, 6)))
+
+
 def corpus_documents(seed: int, count: int) -> list[str | list[dict[str, str]]]:
-    """`count` documents: plain passages (str) and conversations (message lists), in a fixed order."""
+    """`count` documents: passages, handbook pages (str) and conversations (message lists), in a
+    fixed order."""
     rng = random.Random(seed)
-    return [_passage(rng) if rng.random() < 0.6 else _chat(rng) for _ in range(count)]
+    documents: list[str | list[dict[str, str]]] = []
+    for _ in range(count):
+        draw = rng.random()
+        documents.append(_passage(rng) if draw < 0.45 else _handbook(rng) if draw < 0.7 else _chat(rng))
+    return documents
 
 
 def tokenizer_training_text(seed: int, count: int) -> list[str]:

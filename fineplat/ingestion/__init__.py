@@ -22,7 +22,8 @@ from fineplat.ingestion.formats import FORMATS, detect_format, iter_raw, read_ra
 from fineplat.ingestion.pipeline import IngestionResult, run_ingestion
 from fineplat.ingestion.result import KEPT_SCHEMA, RAW_SCHEMA, REASONS, REJECTED_SCHEMA, StageResult
 from fineplat.ingestion.schemas import SCHEMAS
-from fineplat.ingestion.validate import validate_rows
+from fineplat.ingestion.stats import dataset_statistics, plot_length_histogram, source_breakdown
+from fineplat.ingestion.validate import validate_batches, validate_rows
 
 __all__ = [
     "BENCHMARK_FORMATS",
@@ -39,6 +40,7 @@ __all__ = [
     "IngestionResult",
     "StageResult",
     "blocking_problems",
+    "dataset_statistics",
     "dataset_version_id",
     "decontaminate_rows",
     "deduplicate_rows",
@@ -46,10 +48,13 @@ __all__ = [
     "generate_benchmark_sample",
     "ingestion_totals",
     "iter_raw",
+    "plot_length_histogram",
     "read_parquet",
     "read_quarantine",
     "read_raw",
     "run_ingestion",
+    "source_breakdown",
+    "validate_batches",
     "validate_rows",
     "write_parquet",
     "write_quarantine",

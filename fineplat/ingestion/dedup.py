@@ -63,7 +63,7 @@ def deduplicate_rows(
     """Drop exact and near duplicates from a validated frame (KEPT_SCHEMA)."""
     if not 0.0 < near_threshold <= 1.0:
         raise ValueError(f"near_threshold must be in (0, 1], got {near_threshold}")
-    ordered = rows.sort(["source", "line"], maintain_order=True)
+    ordered = rows if _in_source_line_order(rows) else rows.sort(["source", "line"], maintain_order=True)
     n = ordered.height
     hashes = ordered.get_column("content_hash").to_list()
     sources = ordered.get_column("source").to_list()
@@ -95,28 +95,28 @@ def deduplicate_rows(
         texts = ordered.get_column("text").to_list()
         prepared = shingle_text([texts[index] for index in unique])
         sigs = signatures(prepared, num_perm=num_perm, shingle=shingle, prepared=True)
-        candidates = _lsh_candidates(sigs, near_threshold, num_perm, (bands, rows_per_band))
-        involved = sorted(set(candidates) | {earlier for group in candidates.values() for earlier in group})
-        exact_sets = dict(zip(involved, shingle_sets([prepared[p] for p in involved], shingle), strict=True))
-
-        def shingles(position: int) -> np.ndarray:
-            return exact_sets[position]
-
-        kept_near: set[int] = set()
-        for position in range(len(unique)):
+        band_keys = _lsh_band_keys(sigs, near_threshold, num_perm, (bands, rows_per_band))
+        indexed = sorted(band_keys)
+        exact_sets = dict(zip(indexed, shingle_sets([prepared[p] for p in indexed], shingle), strict=True))
+        # Greedy in (source, line) order: a row is removed when it is within the threshold of a row
+        # already kept. Buckets remember only kept rows, so a dense cluster costs O(cluster), not
+        # O(cluster^2).
+        kept_in_bucket: dict[tuple[int, bytes], list[int]] = defaultdict(list)
+        for position in indexed:
+            keys = band_keys[position]
+            earlier_kept = sorted({earlier for key in keys for earlier in kept_in_bucket.get(key, ())})
             best: tuple[float, int] | None = None
-            for earlier in candidates.get(position, ()):
-                if earlier not in kept_near:
-                    continue
+            for earlier in earlier_kept:
                 if estimated_jaccard(sigs[position], sigs[earlier]) < near_threshold - _ESTIMATE_MARGIN:
                     continue
-                similarity = jaccard(shingles(position), shingles(earlier))
+                similarity = jaccard(exact_sets[position], exact_sets[earlier])
                 if similarity >= near_threshold and (
                     best is None or (similarity, -earlier) > (best[0], -best[1])
                 ):
                     best = (similarity, earlier)
             if best is None:
-                kept_near.add(position)
+                for key in keys:
+                    kept_in_bucket[key].append(position)
                 continue
             similarity, earlier = best
             index, representative = unique[position], unique[earlier]
@@ -175,11 +175,24 @@ def deduplicate_rows(
     return StageResult(kept, rejected, report)
 
 
+def _in_source_line_order(rows: pl.DataFrame) -> bool:
+    """Whether rows already are in (source, line) order (validated rows of one file are), which
+    spares sorting a frame of long strings."""
+    keys = rows.select("source", "line")
+    previous = keys.shift(1)
+    out_of_order = (keys["source"] < previous["source"]) | (
+        (keys["source"] == previous["source"]) & (keys["line"] <= previous["line"])
+    )
+    return not bool(out_of_order.fill_null(False).any())
+
+
 def _where(sources: list[str], lines: list[int], index: int) -> dict[str, Any]:
     return {"source": sources[index], "line": lines[index]}
 
 
-def _rejection(records: list[str], sources: list[str], lines: list[int], index: int, code: str, detail: str) -> dict[str, Any]:
+def _rejection(
+    records: list[str], sources: list[str], lines: list[int], index: int, code: str, detail: str
+) -> dict[str, Any]:
     return {
         "line": lines[index],
         "source": sources[index],
@@ -204,25 +217,20 @@ def _rows_sharing_a_band(sigs: np.ndarray, params: tuple[int, int]) -> np.ndarra
             np.multiply(key, _BAND_POLY, out=key)
             np.add(key, block[:, column], out=key)
         _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-        sharing |= counts[inverse] > 1  # a 64-bit key collision only adds a row; datasketch compares exact bytes
+        sharing |= (
+            counts[inverse] > 1
+        )  # a 64-bit key collision only adds a row; datasketch compares exact bytes
     return sharing
 
 
-def _lsh_candidates(
+def _lsh_band_keys(
     sigs: np.ndarray, threshold: float, num_perm: int, params: tuple[int, int]
-) -> dict[int, list[int]]:
-    """For each row position, the earlier positions that share at least one LSH band with it,
-    from a datasketch MinHashLSH index of the rows that can have any."""
+) -> dict[int, list[tuple[int, bytes]]]:
+    """Index the rows that share a band with another row in a datasketch MinHashLSH and return,
+    per indexed row position, its (band, bucket key) pairs as the index stored them."""
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
-    with lsh.insertion_session(buffer_size=max(len(sigs), 1)) as session:
-        for position in np.flatnonzero(_rows_sharing_a_band(sigs, params)).tolist():
+    positions = np.flatnonzero(_rows_sharing_a_band(sigs, params)).tolist()
+    with lsh.insertion_session(buffer_size=max(len(positions), 1)) as session:
+        for position in positions:
             session.insert(position, lean_minhash(sigs[position]), check_duplication=False)
-    neighbours: dict[int, set[int]] = defaultdict(set)
-    for table in lsh.hashtables:
-        for bucket, count in table.itemcounts().items():
-            if count < 2:
-                continue
-            members = sorted(table.get(bucket))
-            for later_index, later in enumerate(members):
-                neighbours[later].update(members[:later_index])
-    return {position: sorted(earlier) for position, earlier in neighbours.items()}
+    return {position: list(enumerate(lsh.keys.get(position))) for position in positions}

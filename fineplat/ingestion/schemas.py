@@ -120,17 +120,23 @@ def row_schema(obj: dict[str, Any], purpose: Purpose) -> str | None:
     return None
 
 
+def schema_votes(objects: Iterable[dict[str, Any]], purpose: Purpose) -> dict[str, int]:
+    """How many rows look like each schema (in SCHEMAS order)."""
+    counts: Counter[str] = Counter()
+    for obj in objects:
+        name = row_schema(obj, purpose)
+        if name is not None:
+            counts[name] += 1
+    return {name: counts[name] for name in SCHEMAS if name in counts}
+
+
 def detect_schema(
     objects: Iterable[dict[str, Any]], purpose: Purpose, source: str
 ) -> tuple[str, dict[str, int]]:
     """Pick the dataset's schema by majority over its rows (ties broken by SCHEMAS order), so one odd
     row is reported as that row's problem, not as a misdetected file. Raises DatasetError when the
     data fits no schema or only schemas of another purpose."""
-    counts: Counter[str] = Counter()
-    for obj in objects:
-        name = row_schema(obj, purpose)
-        if name is not None:
-            counts[name] += 1
+    counts = Counter(schema_votes(objects, purpose))
     wanted = PURPOSE_KIND[purpose]
     fitting = [
         (count, -SCHEMAS.index(name), name) for name, count in counts.items() if SCHEMA_KIND[name] == wanted
@@ -214,7 +220,13 @@ def normalize(obj: Any, schema: str, purpose: Purpose) -> Normalized:
     else:
         text = obj["text"]
         if not isinstance(text, str):
-            problems.append(Problem("wrong_type", "text", f"expected a string, got {_type_name(text)}."))
+            problems.append(
+                Problem(
+                    "wrong_type",
+                    "text",
+                    f"expected a string, got {_type_name(text)}; write the text as a JSON string.",
+                )
+            )
         elif not text.strip():
             problems.append(
                 Problem("empty_content", "text", "expected non-empty text; fill it in or delete the row.")
@@ -261,7 +273,11 @@ def _content_text(value: Any, field: str, problems: list[Problem]) -> str | None
                 )
                 return None
         return "".join(texts)
-    problems.append(Problem("wrong_type", field, f"expected a string, got {_type_name(value)}."))
+    problems.append(
+        Problem(
+            "wrong_type", field, f"expected a string, got {_type_name(value)}; write it as a JSON string."
+        )
+    )
     return None
 
 
@@ -276,18 +292,32 @@ def _messages(
     """Normalize an OpenAI-style message list (role/content/weight, tool calls as JSON content)."""
     if not isinstance(value, list):
         problems.append(
-            Problem("wrong_type", field, f"expected an array of messages, got {_type_name(value)}.")
+            Problem(
+                "wrong_type",
+                field,
+                f'expected an array of messages, got {_type_name(value)}; write [{{"role": ..., "content": ...}}, ...].',
+            )
         )
         return []
     if not value:
-        problems.append(Problem("empty_content", field, "expected at least one message; the list is empty."))
+        problems.append(
+            Problem(
+                "empty_content",
+                field,
+                "expected at least one message; the list is empty. Add the conversation or delete the row.",
+            )
+        )
         return []
     out: list[dict[str, Any]] = []
     for index, message in enumerate(value):
         path = f"{field}[{index}]"
         if not isinstance(message, dict):
             problems.append(
-                Problem("wrong_type", path, f"expected a message object, got {_type_name(message)}.")
+                Problem(
+                    "wrong_type",
+                    path,
+                    f'expected a message object, got {_type_name(message)}; write {{"role": ..., "content": ...}}.',
+                )
             )
             continue
         if openai:
@@ -303,7 +333,11 @@ def _messages(
                 )
         if "role" not in message:
             problems.append(
-                Problem("missing_field", f"{path}.role", "expected `role` (system, user, assistant or tool).")
+                Problem(
+                    "missing_field",
+                    f"{path}.role",
+                    "expected `role` (system, user, assistant or tool); add it.",
+                )
             )
             continue
         role = _role(message["role"], f"{path}.role", role_map, problems)
@@ -320,7 +354,13 @@ def _messages(
 
 def _role(value: Any, field: str, role_map: dict[str, str], problems: list[Problem]) -> str | None:
     if not isinstance(value, str):
-        problems.append(Problem("wrong_type", field, f"expected a role string, got {_type_name(value)}."))
+        problems.append(
+            Problem(
+                "wrong_type",
+                field,
+                f"expected a role string, got {_type_name(value)}; use system, user, assistant or tool.",
+            )
+        )
         return None
     role = role_map.get(value.strip().lower())
     if role is None:
@@ -340,7 +380,9 @@ def _openai_content(
 ) -> str | None:
     calls = message.get("tool_calls") or message.get("function_call")
     if "content" not in message and not calls:
-        problems.append(Problem("missing_field", f"{path}.content", "expected `content` (the message text)."))
+        problems.append(
+            Problem("missing_field", f"{path}.content", "expected `content` (the message text); add it.")
+        )
         return None
     raw = message.get("content")
     text: str | None
@@ -359,7 +401,9 @@ def _openai_content(
         if role != "assistant":
             problems.append(
                 Problem(
-                    "extra_field", f"{path}.tool_calls", "tool calls are allowed only on assistant messages."
+                    "extra_field",
+                    f"{path}.tool_calls",
+                    "tool calls are allowed only on assistant messages; move them to the assistant turn.",
                 )
             )
         text = (text + "\n" if text.strip() else "") + canonical_json(calls)
@@ -376,9 +420,14 @@ def _openai_content(
 
 
 def _weight(message: dict[str, Any], path: str, role: str, problems: list[Problem]) -> int | None:
+    """A message's loss weight. Weight 0 on a non-assistant turn says what fineplat does anyway
+    (SlimOrca-style ShareGPT files carry it on every human turn) and is accepted; weight 1 there
+    asks for loss on a prompt turn, which fineplat never takes."""
     if "weight" not in message or message["weight"] is None:
         return None
     weight = message["weight"]
+    if role != "assistant" and weight == 0 and not isinstance(weight, bool):
+        return None
     if role != "assistant":
         problems.append(
             Problem(
@@ -389,7 +438,13 @@ def _weight(message: dict[str, Any], path: str, role: str, problems: list[Proble
         )
         return None
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight not in (0, 1):
-        problems.append(Problem("wrong_type", f"{path}.weight", f"expected weight 0 or 1, got {weight!r}."))
+        problems.append(
+            Problem(
+                "wrong_type",
+                f"{path}.weight",
+                f"expected weight 0 or 1, got {weight!r}; use 0 (no loss) or 1 (train on it).",
+            )
+        )
         return None
     return int(weight)
 
@@ -400,30 +455,50 @@ def _sharegpt_turns(obj: dict[str, Any], problems: list[Problem]) -> list[dict[s
     system = obj.get("system")
     if system is not None:
         if not isinstance(system, str):
-            problems.append(Problem("wrong_type", "system", f"expected a string, got {_type_name(system)}."))
+            problems.append(
+                Problem(
+                    "wrong_type",
+                    "system",
+                    f"expected a string, got {_type_name(system)}; write the system prompt as a string.",
+                )
+            )
         elif system.strip():
             out.append({"role": "system", "content": system})
     if not isinstance(turns, list):
         problems.append(
-            Problem("wrong_type", "conversations", f"expected an array of turns, got {_type_name(turns)}.")
+            Problem(
+                "wrong_type",
+                "conversations",
+                f'expected an array of turns, got {_type_name(turns)}; write [{{"from": ..., "value": ...}}, ...].',
+            )
         )
         return out
     if not turns:
         problems.append(
-            Problem("empty_content", "conversations", "expected at least one turn; the list is empty.")
+            Problem(
+                "empty_content",
+                "conversations",
+                "expected at least one turn; the list is empty. Add the conversation or delete the row.",
+            )
         )
         return out
     for index, turn in enumerate(turns):
         path = f"conversations[{index}]"
         if not isinstance(turn, dict):
-            problems.append(Problem("wrong_type", path, f"expected a turn object, got {_type_name(turn)}."))
+            problems.append(
+                Problem(
+                    "wrong_type",
+                    path,
+                    f'expected a turn object, got {_type_name(turn)}; write {{"from": ..., "value": ...}}.',
+                )
+            )
             continue
         for key in sorted(set(turn) - _SHAREGPT_TURN_KEYS):
             problems.append(
                 Problem(
                     "extra_field",
                     f"{path}.{key}",
-                    f"unexpected turn field `{key}`; a turn has `from` and `value`.",
+                    f"unexpected turn field `{key}`; a turn has `from` and `value`. Rename or remove it.",
                 )
             )
         role_key, content_key = ("from", "value") if "from" in turn else ("role", "content")
@@ -432,19 +507,23 @@ def _sharegpt_turns(obj: dict[str, Any], problems: list[Problem]) -> list[dict[s
                 Problem(
                     "missing_field",
                     f"{path}.from",
-                    "expected `from` (human, gpt, system, function_call, observation).",
+                    "expected `from` (human, gpt, system, function_call, observation); add it.",
                 )
             )
             continue
         if content_key not in turn:
-            problems.append(Problem("missing_field", f"{path}.{content_key}", "expected the turn text."))
+            problems.append(
+                Problem("missing_field", f"{path}.{content_key}", "expected the turn text; add it.")
+            )
             continue
         role = _role(turn[role_key], f"{path}.{role_key}", _SHAREGPT_ROLES, problems)
         content = turn[content_key]
         if not isinstance(content, str):
             problems.append(
                 Problem(
-                    "wrong_type", f"{path}.{content_key}", f"expected a string, got {_type_name(content)}."
+                    "wrong_type",
+                    f"{path}.{content_key}",
+                    f"expected a string, got {_type_name(content)}; write the text as a JSON string.",
                 )
             )
             continue
@@ -472,7 +551,11 @@ def _string_field(obj: dict[str, Any], name: str, problems: list[Problem], *, re
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        problems.append(Problem("wrong_type", name, f"expected a string, got {_type_name(value)}."))
+        problems.append(
+            Problem(
+                "wrong_type", name, f"expected a string, got {_type_name(value)}; write it as a JSON string."
+            )
+        )
         return None
     if required and not value.strip():
         problems.append(
@@ -497,7 +580,11 @@ def _alpaca(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]
             for pair in history
         ):
             problems.append(
-                Problem("wrong_type", "history", "expected an array of [instruction, response] string pairs.")
+                Problem(
+                    "wrong_type",
+                    "history",
+                    "expected an array of [instruction, response] string pairs; fix or remove `history`.",
+                )
             )
         else:
             for question, answer in history:
@@ -551,7 +638,11 @@ def _side(obj: dict[str, Any], name: str, problems: list[Problem]) -> list[dict[
         messages = _messages(value, name, problems, _OPENAI_ROLES, openai=True)
         return None if len(problems) > before else messages
     problems.append(
-        Problem("wrong_type", name, f"expected a string or an array of messages, got {_type_name(value)}.")
+        Problem(
+            "wrong_type",
+            name,
+            f"expected a string or an array of messages, got {_type_name(value)}; convert it.",
+        )
     )
     return None
 
@@ -587,7 +678,7 @@ def _preference(obj: dict[str, Any], problems: list[Problem]) -> dict[str, Any] 
                 Problem(
                     "wrong_type",
                     "prompt",
-                    f"expected a string or an array of messages, got {_type_name(prompt_value)}.",
+                    f"expected a string or an array of messages, got {_type_name(prompt_value)}; convert it.",
                 )
             )
     if chosen is None or rejected is None or problems:
@@ -645,7 +736,11 @@ def _preference(obj: dict[str, Any], problems: list[Problem]) -> dict[str, Any] 
     for name, side in (("chosen", chosen), ("rejected", rejected)):
         if not side:
             problems.append(
-                Problem("empty_content", name, f"expected an assistant response in `{name}`, found none.")
+                Problem(
+                    "empty_content",
+                    name,
+                    f"expected an assistant response in `{name}`, found none; add the response.",
+                )
             )
     if problems:
         return None
@@ -655,13 +750,17 @@ def _preference(obj: dict[str, Any], problems: list[Problem]) -> dict[str, Any] 
             Problem(
                 "role_order",
                 "prompt",
-                "expected the prompt to end with a user turn; the responses answer it.",
+                "expected the prompt to end with a user turn (the responses answer it); move the last assistant turn into chosen/rejected.",
             )
         )
     for name, side in (("chosen", chosen), ("rejected", rejected)):
         if side[0]["role"] != "assistant":
             problems.append(
-                Problem("role_order", name, f"expected `{name}` to start with an assistant turn.")
+                Problem(
+                    "role_order",
+                    name,
+                    f"expected `{name}` to start with an assistant turn; move earlier turns into `prompt`.",
+                )
             )
     if problems:
         return None
@@ -708,11 +807,11 @@ def _check_chat_order(
                 f"two user turns in a row (positions {index - 1} and {index}); merge them into one turn."
             )
         elif role == "user" and previous == "tool":
-            problem = f"user turn at position {index} follows a tool result; the assistant must answer the tool result first."
+            problem = f"user turn at position {index} follows a tool result; add the assistant turn that answers the tool result first."
         elif role == "assistant" and previous not in ("user", "tool"):
             problem = f"assistant turn at position {index} has no user turn before it; add the user turn it answers."
         elif role == "tool" and previous not in ("assistant", "tool"):
-            problem = f"tool result at position {index} does not follow an assistant tool call."
+            problem = f"tool result at position {index} does not follow an assistant tool call; add the call or drop the result."
         if problem:
             problems.append(Problem("role_order", path, problem))
             return

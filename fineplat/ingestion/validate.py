@@ -40,6 +40,7 @@ from fineplat.ingestion.schemas import (
     detect_schema,
     normalize,
     record_text,
+    schema_votes,
 )
 from fineplat.ingestion.tokens import (
     context_limit,
@@ -50,7 +51,7 @@ from fineplat.ingestion.tokens import (
 )
 
 STAGE = "validate"
-_SURROGATE_HINT = re.compile("\\\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]")
+_SURROGATE_HINT = re.compile(r"\\u[dD][89abcdefABCDEF]")
 RENDER_SAMPLES = 3  # rows decoded into the report so a human sees what training will see
 EXAMPLES_PER_REASON = 3  # report examples per reason code: enough to act on, never a wall of errors
 MAX_LISTED_ROWS = 100  # cap on row lists in reports (truncated rows, ignored fields)
@@ -96,6 +97,8 @@ def validate_rows(
     dict_objects = [obj for obj in objects if isinstance(obj, dict)]
     if chosen_schema is None and dict_objects:
         chosen_schema, schema_counts = detect_schema(dict_objects, purpose, source_label)
+    elif dict_objects:
+        schema_counts = schema_votes(dict_objects, purpose)
     kind = SCHEMA_KIND[chosen_schema] if chosen_schema else PURPOSE_KIND[purpose]
 
     rejected_rows: list[dict[str, Any]] = []
@@ -105,6 +108,8 @@ def validate_rows(
     for index, obj in enumerate(objects):
         if errors[index] is not None:
             code, _, message = errors[index].partition(": ")
+            if code not in _PARSE_FIX:  # a raw frame built elsewhere: keep its message whole
+                code, message = "json_parse_error", errors[index]
             rejected_rows.append(
                 _rejection(
                     sources[index],
@@ -178,6 +183,8 @@ def validate_rows(
             "schema_votes": schema_counts,
             "kind": kind,
             "sources": sorted(set(sources)),
+            "rows_per_source": dict(sorted(Counter(sources).items())),
+            "rejected_per_source": dict(sorted(Counter(rejected.get_column("source").to_list()).items())),
             "ignored_fields": dict(sorted(ignored_fields.items())),
             "examples": _examples(rejected),
         }
@@ -202,6 +209,7 @@ def validate_batches(
     plus the normalized rows. The schema is detected on the first batch with parseable rows and
     then fixed, so every batch is judged by the same schema; the reports are merged."""
     results: list[StageResult] = []
+    detected_on_first_batch = schema is None
     for batch in batches:
         result = validate_rows(
             batch,
@@ -214,7 +222,7 @@ def validate_batches(
         )
         if schema is None and result.report["schema"] is not None:
             schema = result.report["schema"]
-            result.report["schema_detected"] = True
+        result.report["schema_detected"] = detected_on_first_batch
         results.append(result)
     if not results:
         return validate_rows(pl.DataFrame(schema=RAW_SCHEMA), purpose=purpose, schema=schema)
@@ -227,16 +235,20 @@ def validate_batches(
     first = next((r.report for r in results if r.report["schema"] is not None), results[0].report)
     report = base_report(STAGE, sum(r.report["rows_in"] for r in results), kept, rejected)
     ignored: Counter[str] = Counter()
+    votes: Counter[str] = Counter()
     for r in results:
         ignored.update(r.report["ignored_fields"])
+        votes.update(r.report["schema_votes"])
     report.update(
         {
             "purpose": purpose,
             "schema": first["schema"],
             "schema_detected": first["schema_detected"],
-            "schema_votes": first["schema_votes"] if first["schema_detected"] else {},
+            "schema_votes": {name: votes[name] for name in SCHEMAS if name in votes},
             "kind": first["kind"],
             "sources": sorted({s for r in results for s in r.report["sources"]}),
+            "rows_per_source": _sum_counts(r.report["rows_per_source"] for r in results),
+            "rejected_per_source": _sum_counts(r.report["rejected_per_source"] for r in results),
             "ignored_fields": dict(sorted(ignored.items())),
             "examples": _examples(rejected),
             "batches": len(results),
@@ -256,6 +268,13 @@ def validate_batches(
         samples = [s for r in results for s in r.report.get("render_samples", [])]
         report["render_samples"] = samples[:RENDER_SAMPLES]
     return StageResult(kept, rejected, report)
+
+
+def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(sorted(total.items()))
 
 
 _PARSE_FIX = {
@@ -280,9 +299,9 @@ def _rejection(source: str, line: int, raw: str, problems: list[Problem]) -> dic
 
 
 def _may_hold_surrogates(raw: str) -> bool:
-    """Lone surrogates reach a parsed row only through JSON escapes (\\ud800-\\udfff) or
-    surrogate characters in the raw text; one regex search skips the full check for nearly every row."""
-    return _SURROGATE_HINT.search(raw) is not None
+    """Lone surrogates reach a parsed row only through JSON escapes (\\ud800-\\udfff): the readers
+    turn undecodable bytes into parse errors. A substring test skips the full check for most rows."""
+    return "\\u" in raw and _SURROGATE_HINT.search(raw) is not None
 
 
 def _surrogates(normalized: Normalized) -> Problem | None:

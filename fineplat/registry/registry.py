@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -256,7 +257,14 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     no longer wait for writers, and only a power loss (not a crash) can drop the last commits."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        # Another fineplat connection is creating the database file this instant (switching an
+        # empty file needs its lock, without waiting). That connection already asked for WAL, and
+        # the mode is stored in the file, so this connection follows once the file is written.
+        if "locked" not in str(exc):
+            raise
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

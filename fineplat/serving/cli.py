@@ -49,13 +49,13 @@ def serve(
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug.")] = "info",
 ) -> None:
     """Serve the base model and LoRA adapters with vLLM's endpoints until interrupted."""
-    from fineplat.serving.server import run_server
-
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise typer.BadParameter(
             f"{log_level!r}: expected critical, error, warning, info or debug", param_hint="--log-level"
         )
     adapters = parse_adapters(adapter or [])
+    from fineplat.serving.server import run_server  # torch and the model stack: only once options are valid
+
     try:
         run_server(
             base_model,

@@ -41,7 +41,12 @@ def _temporary_log_path() -> Path:
 
 
 class EmbeddedServingPool:
-    """`python -m fineplat.serving` in a subprocess; `url` is its root, `client()` talks to it."""
+    """`python -m fineplat.serving` in a subprocess; `url` is its root, `client()` talks to it.
+
+    The subprocess inherits the environment (FINEPLAT_HOME decides where `fineplat-tiny` lives). If
+    that model is not built yet the server builds it first, which can outlast `startup_timeout`:
+    build it beforehand (`fineplat base-model build`) or pass a model directory.
+    """
 
     def __init__(
         self,

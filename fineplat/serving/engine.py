@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +64,7 @@ class GenerationRequest:
 
     model: str  # the base model's served id, or a loaded adapter's name
     prompt: str | None = None
-    messages: Sequence[dict[str, Any]] | None = None
+    messages: Sequence[Mapping[str, Any]] | None = None
     max_tokens: int | None = None  # None: the rest of the context window (vLLM's chat default)
     temperature: float = 0.0  # 0 means greedy decoding
     top_p: float = 1.0
@@ -232,9 +232,8 @@ class MultiLoraEngine:
         self.created = int(time.time())
 
         self._tokenizer = load_tokenizer(self.base_model_dir)
-        self._tokenizer_lock = (
-            threading.Lock()
-        )  # fast tokenizers raise "Already borrowed" under concurrent encode
+        # Fast tokenizers raise "Already borrowed" when encodes overlap across threads.
+        self._tokenizer_lock = threading.Lock()
         self._device = torch.device(device)
         self._base_model = load_base_model(self.base_model_dir, dtype=dtype).to(self._device)
         self._model: Any = self._base_model  # becomes a PeftModel with the first adapter
@@ -445,7 +444,7 @@ class MultiLoraEngine:
 
     def _prepare(self, request: GenerationRequest) -> _Pending:
         if request.model != self.model_id and request.model not in self._adapters:
-            raise ModelNotFoundError(f"The model `{request.model}` does not exist.")
+            raise ModelNotFoundError(f"The model `{request.model}` does not exist.", param="model")
         if (request.prompt is None) == (request.messages is None):
             raise ServingError(
                 "request: expected exactly one of `prompt` (completions) or `messages` (chat)."
@@ -553,7 +552,9 @@ class MultiLoraEngine:
                         live.append(item)
                     else:  # unloaded while it waited in the queue
                         item.future.set_exception(
-                            ModelNotFoundError(f"The model `{item.request.model}` does not exist.")
+                            ModelNotFoundError(
+                                f"The model `{item.request.model}` does not exist.", param="model"
+                            )
                         )
                 if live:
                     for item, result in zip(live, self._generate_batch(live), strict=True):

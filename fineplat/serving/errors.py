@@ -9,7 +9,12 @@ from fineplat.errors import ServingError
 
 
 class ModelNotFoundError(ServingError):
-    """The named model, adapter or adapter directory does not exist (HTTP 404, vLLM's NotFoundError)."""
+    """The named model, adapter or adapter directory does not exist (HTTP 404, vLLM's NotFoundError).
+    `param` names the request field that held the name ("model" for completions), as vLLM reports it."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class AdapterAlreadyLoadedError(ServingError):

@@ -52,6 +52,7 @@ class LoadLoRAAdapterRequest(_Body):
 
     lora_name: str
     lora_path: str
+    load_inplace: bool = False  # newer vLLM: replace weights under a loaded name; refused here
 
 
 class UnloadLoRAAdapterRequest(_Body):
@@ -181,7 +182,7 @@ class _InvalidField(ServingError):
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelNotFoundError)
     async def not_found(_: Request, exc: ModelNotFoundError) -> JSONResponse:
-        return _error(404, str(exc), "NotFoundError")
+        return _error(404, str(exc), "NotFoundError", exc.param)
 
     @app.exception_handler(AdapterAlreadyLoadedError)
     async def duplicate(_: Request, exc: AdapterAlreadyLoadedError) -> JSONResponse:
@@ -348,6 +349,12 @@ def create_app(engine: MultiLoraEngine) -> FastAPI:
         """Load an adapter under a new name (a plain-text success message, as vLLM)."""
         if not body.lora_name or not body.lora_path:
             raise _InvalidField("lora_name", "Both 'lora_name' and 'lora_path' must be provided.")
+        if body.load_inplace:
+            raise _InvalidField(
+                "load_inplace",
+                "load_inplace is not supported: adapter names are unique per version; load the new version "
+                "under a new name and unload the old one.",
+            )
         engine.load_adapter(body.lora_name, body.lora_path)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 

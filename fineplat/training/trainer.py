@@ -26,8 +26,10 @@ from fineplat.basemodel import load_base_model, load_tokenizer
 from fineplat.errors import TrainingError
 from fineplat.packing.tokenize import IGNORE_INDEX
 from fineplat.training import checkpoint as ckpt
+from fineplat.training import distributed
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData, load_training_data
+from fineplat.training.dpo import check_data_fits_method
 from fineplat.training.preemption import Preempted, PreemptionFlag
 
 
@@ -74,9 +76,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    """(rank, world), joining torchrun's process group when started by it (else (0, 1))."""
+    return distributed.init_distributed()
 
 
 def resolve_batch_size(config: TrainConfig, rows: int) -> int:
@@ -96,28 +97,34 @@ def epoch_order(seed: int, epoch: int, rows: int) -> list[int]:
     return torch.randperm(rows, generator=generator).tolist()
 
 
+def lora_config(config: TrainConfig) -> Any:
+    """The peft LoRA configuration of a run (shared by lora, qlora and dpo)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
 def prepare_model(config: TrainConfig, base_model_dir: Path) -> Any:
-    """Load the base model and make the right parameters trainable for the method."""
+    """Load the base model onto this process's device and make the right parameters trainable."""
     if config.method == "qlora":
         from fineplat.training.quantized import load_qlora_model
 
         return load_qlora_model(config, base_model_dir)
     model = load_base_model(
         base_model_dir, dtype=config.dtype, attn_implementation=config.attn_implementation
-    )
+    ).to(distributed.training_device())
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.uses_adapter:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(config))
     else:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -164,6 +171,11 @@ def dpo_loss_sum(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tup
     return -F.logsigmoid(margin).sum(), int(chosen.numel())
 
 
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on `device` (counts stay Python ints)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
     """Linear warm-up, then cosine/linear decay to zero or constant."""
     warmup = int(config.warmup_ratio * total_steps)
@@ -194,6 +206,20 @@ def _positions(
         epoch, index = epoch + 1, 0
 
 
+def rank_batch(
+    data: TrainingData, rows: list[int], rank: int, world: int, device: torch.device
+) -> dict[str, Any]:
+    """This process's share `rows[rank::world]` of a global micro-batch, on its device, with a loss
+    `weight`: a rank left without rows (the short last micro-batch of an epoch) reruns the first row
+    with weight 0, because every rank must join each backward's gradient all-reduce."""
+    mine = rows[rank::world]
+    batch = to_device(data.train_batch(mine or rows[:1]), device)
+    if not mine:
+        batch["loss_tokens"], batch["real_tokens"] = 0, 0
+    batch["weight"] = 1.0 if mine else 0.0
+    return batch
+
+
 @torch.no_grad()
 def validation_loss(model: Any, data: TrainingData, method: str) -> float | None:
     """Mean per-token loss on the holdout split (None without one, or for DPO)."""
@@ -204,17 +230,21 @@ def validation_loss(model: Any, data: TrainingData, method: str) -> float | None
     total, count = 0.0, 0
     for start in range(0, data.holdout_rows, 16):
         batch = data.holdout_batch(list(range(start, min(start + 16, data.holdout_rows))))
+        batch = to_device(batch, distributed.training_device())
         loss, n = lm_loss_sum(model, batch)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(1, count)
 
 
-def save_output(model: Any, tokenizer: Any, config: TrainConfig, out_dir: Path) -> Path:
-    """The deliverable: a peft adapter directory, or a full model directory with its tokenizer."""
+def save_output(
+    model: Any, tokenizer: Any, config: TrainConfig, out_dir: Path, state_dict: dict | None = None
+) -> Path:
+    """The deliverable: a peft adapter directory, or a full model directory with its tokenizer.
+    `state_dict`: the gathered full weights of an FSDP-sharded model."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = model.module if hasattr(model, "module") else model
-    target.save_pretrained(str(out_dir), safe_serialization=True)
+    target.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)
     if not config.uses_adapter:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
@@ -237,29 +267,40 @@ def train(
     `TrainingError` (with the step) on NaN/inf loss or gradients — a failure retrying cannot fix."""
     sink = sink or NullSink()
     preemption = preemption or PreemptionFlag()
+    distributed.check_strategy(config.method, config.distributed)
     rank, world = _dist()
+    device = distributed.training_device()
     seed_everything(config.seed)
 
     # --- set up -------------------------------------------------------------------------------
     tokenizer = load_tokenizer(base_model_dir)
     data = load_training_data(data_dir, tokenizer.pad_token_id)
+    check_data_fits_method(config.method, data, data_dir)
     model = prepare_model(config, base_model_dir)
-    batch_size = resolve_batch_size(config, data.rows)
-    micro_per_epoch = math.ceil(data.rows / batch_size)
+    # DDP wraps; FSDP shards the model in place, so it comes before the optimizer sees parameters.
+    train_model: Any = distributed.wrap_model(model, config.distributed, world)
+    sharded = distributed.is_sharded(model)
+    batch_size = resolve_batch_size(config, math.ceil(data.rows / world))
+    global_batch = batch_size * world  # batch_size is per process; rank r trains rows[r::world]
+    micro_per_epoch = math.ceil(data.rows / global_batch)
     total_steps = config.max_steps or math.ceil(
         config.n_epochs * micro_per_epoch / config.gradient_accumulation_steps
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, total_steps)
-    train_model: Any = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
 
     state = ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config.config_hash())
     latest = ckpt.latest_checkpoint(checkpoint_dir)
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        if sharded:  # every rank reads the full tensors, then keeps its shards
+            weights, optimizer_state = distributed.placeholders_for_checkpoint(model)
+            state = ckpt.load_checkpoint(
+                latest, model=weights, optimizer=optimizer_state, scheduler=scheduler
+            )
+            distributed.restore_sharded(model, optimizer, weights, optimizer_state)
+        else:
+            state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
         if state.config_hash != config.config_hash():
             raise TrainingError(
                 f"{latest}: checkpoint belongs to another config ({state.config_hash[:12]}); use a new checkpoint dir"
@@ -269,13 +310,16 @@ def train(
 
     def write_checkpoint(preempted: bool = False) -> Path | None:
         state.preempted = preempted
+        weights, optimizer_state = model, optimizer
+        if sharded:  # collective: every rank gathers full tensors, rank 0 writes them
+            weights, optimizer_state = distributed.gather_for_checkpoint(model, optimizer)
         path = None
         if rank == 0:
             sink.status("checkpointing", state.step)
             path = ckpt.save_checkpoint(
                 checkpoint_dir,
-                model=model,
-                optimizer=optimizer,
+                model=weights,
+                optimizer=optimizer_state,
                 scheduler=scheduler,
                 state=state,
                 keep=config.keep_checkpoints,
@@ -286,7 +330,7 @@ def train(
         return path
 
     # --- loop -----------------------------------------------------------------------------------
-    stream = _positions(data, config, batch_size, (state.epoch, state.index))
+    stream = _positions(data, config, global_batch, (state.epoch, state.index))
     losses: list[float] = []
     started = time.perf_counter()
     tokens_total = 0
@@ -294,30 +338,23 @@ def train(
     while state.step < total_steps:
         step_started = time.perf_counter()
         micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
-        batches = [
-            data.train_batch(rows[rank::world]) if world > 1 else data.train_batch(rows)
-            for _, _, rows in micro
-        ]
-        label_tokens = sum(b["loss_tokens"] for b in batches)
-        if world > 1:
-            counts = torch.tensor([label_tokens], dtype=torch.long)
-            torch.distributed.all_reduce(counts)
-            label_tokens = int(counts)
+        batches = [rank_batch(data, rows, rank, world, device) for _, _, rows in micro]
+        counts = [sum(b["loss_tokens"] for b in batches), sum(b["real_tokens"] for b in batches)]
+        label_tokens, step_tokens = (int(n) for n in distributed.sum_over_ranks(counts, device))
         step_loss = 0.0
         for batch in batches:
             if config.method == "dpo":
                 loss_sum, _ = dpo_loss_sum(train_model, batch, config.dpo_beta)
             else:
                 loss_sum, _ = lm_loss_sum(train_model, batch)
-            # DDP averages gradients over ranks; scale so the result is the global token mean.
+            loss_sum = loss_sum * batch["weight"]
+            # DDP/FSDP average gradients over ranks; scale so the result is the global token mean.
             (loss_sum * world / max(1, label_tokens)).backward()
             step_loss += float(loss_sum.detach())
-        if world > 1:
-            reduced = torch.tensor([step_loss])
-            torch.distributed.all_reduce(reduced)
-            step_loss = float(reduced)
+        step_loss = distributed.sum_over_ranks([step_loss], device)[0]
         loss_value = step_loss / max(1, label_tokens)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        grad_norm = float(distributed.full_tensor(norm))
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             raise TrainingError(
@@ -333,7 +370,6 @@ def train(
         state.epoch, state.index = last_epoch, last_index + len(last_rows)
         if state.index >= data.rows:
             state.epoch, state.index = state.epoch + 1, 0
-        step_tokens = sum(b["real_tokens"] for b in batches) * world
         tokens_total += step_tokens
         state.tokens_seen += step_tokens
         losses.append(loss_value)
@@ -351,7 +387,7 @@ def train(
             sink.log(state.step, metrics)
         if on_step is not None:
             on_step(state.step)
-        if preemption.requested and state.step < total_steps:
+        if distributed.any_rank(preemption.requested, device) and state.step < total_steps:
             path = write_checkpoint(preempted=True)
             raise Preempted(state.step, str(path))
         if state.step % config.checkpoint_interval == 0 and state.step < total_steps:
@@ -365,8 +401,9 @@ def train(
     val = validation_loss(model, data, config.method)
     if val is not None and rank == 0:
         sink.log(state.step, {"validation_loss": val})
+    full_state = distributed.full_model_state(model)  # collective under FSDP, else None
     if rank == 0:
-        save_output(model, tokenizer, config, output_dir)
+        save_output(model, tokenizer, config, output_dir, state_dict=full_state)
     duration = time.perf_counter() - started
     return TrainResult(
         output_dir=output_dir,

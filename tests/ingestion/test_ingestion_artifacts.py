@@ -18,8 +18,8 @@ from fineplat.ingestion import (
     REJECTED_SCHEMA,
     BenchmarkRegistry,
     dataset_version_id,
-    deduplicate_rows,
     decontaminate_rows,
+    deduplicate_rows,
     generate_benchmark_sample,
     ingestion_totals,
     read_parquet,
@@ -30,16 +30,23 @@ from fineplat.ingestion import (
     write_parquet,
     write_quarantine,
 )
-from fineplat.ingestion.stats import dataset_statistics, plot_length_histogram
+from fineplat.ingestion.stats import dataset_statistics, plot_length_histogram, source_breakdown
 from fineplat.ingestion.validate import validate_batches
 
 ROWS = [
-    {"messages": [{"role": "user", "content": f"Question number {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"Question number {i}?"},
+            {"role": "assistant", "content": f"Answer {i}."},
+        ]
+    }
     for i in range(6)
 ]
 
 
-def test_version_id_ignores_order_file_format_and_line_numbers(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+def test_version_id_ignores_order_file_format_and_line_numbers(
+    tmp_path: Path, write_lines: Callable[..., Path]
+) -> None:
     jsonl = validate_rows(read_raw(write_lines(ROWS))).kept
     reversed_file = validate_rows(read_raw(write_lines(list(reversed(ROWS)), name="reversed.jsonl"))).kept
     parquet_path = tmp_path / "rows.parquet"
@@ -54,14 +61,37 @@ def test_version_id_ignores_order_file_format_and_line_numbers(tmp_path: Path, w
 
 def test_version_id_changes_when_content_changes(write_lines: Callable[..., Path]) -> None:
     kept = validate_rows(read_raw(write_lines(ROWS))).kept
-    edited = [*ROWS[:-1], {"messages": [{"role": "user", "content": "Question number 5?"}, {"role": "assistant", "content": "Answer 5!"}]}]
-    weighted = [*ROWS[:-1], {"messages": [ROWS[-1]["messages"][0], {**ROWS[-1]["messages"][1], "weight": 0}, *ROWS[0]["messages"]]}]
-    assert dataset_version_id(validate_rows(read_raw(write_lines(edited, name="e.jsonl"))).kept) != dataset_version_id(kept)
-    assert dataset_version_id(validate_rows(read_raw(write_lines(weighted, name="w.jsonl"))).kept) != dataset_version_id(kept)
+    edited = [
+        *ROWS[:-1],
+        {
+            "messages": [
+                {"role": "user", "content": "Question number 5?"},
+                {"role": "assistant", "content": "Answer 5!"},
+            ]
+        },
+    ]
+    weighted = [
+        *ROWS[:-1],
+        {
+            "messages": [
+                ROWS[-1]["messages"][0],
+                {**ROWS[-1]["messages"][1], "weight": 0},
+                *ROWS[0]["messages"],
+            ]
+        },
+    ]
+    assert dataset_version_id(
+        validate_rows(read_raw(write_lines(edited, name="e.jsonl"))).kept
+    ) != dataset_version_id(kept)
+    assert dataset_version_id(
+        validate_rows(read_raw(write_lines(weighted, name="w.jsonl"))).kept
+    ) != dataset_version_id(kept)
     assert dataset_version_id(kept.head(5)) != dataset_version_id(kept)
 
 
-def test_parquet_round_trip_keeps_the_documented_columns(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+def test_parquet_round_trip_keeps_the_documented_columns(
+    tmp_path: Path, write_lines: Callable[..., Path]
+) -> None:
     kept = validate_rows(read_raw(write_lines(ROWS))).kept
     path = write_parquet(kept, tmp_path / "out" / "kept.parquet")
     back = read_parquet(path)
@@ -86,21 +116,51 @@ def test_quarantine_has_one_line_per_rejected_row(tmp_path: Path, write_lines: C
     assert back.equals(rejected)
 
 
-def test_every_row_is_kept_quarantined_or_removed_with_a_reason(tmp_path: Path, write_lines: Callable[..., Path]) -> None:
+def test_every_row_is_kept_quarantined_or_removed_with_a_reason(
+    tmp_path: Path, write_lines: Callable[..., Path]
+) -> None:
     benchmark = generate_benchmark_sample(tmp_path / "gsm.jsonl", n=2)
     question = json.loads(benchmark.read_text().splitlines()[0])["question"]
-    rows: list[Any] = [*ROWS, ROWS[0], "{bad", {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "42"}]}]
+    rows: list[Any] = [
+        *ROWS,
+        ROWS[0],
+        "{bad",
+        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "42"}]},
+    ]
     registry = BenchmarkRegistry()
     registry.add("gsm8k-sample", benchmark)
     result = run_ingestion(write_lines(rows), benchmarks=registry)
-    assert result.totals == {"rows_in": 9, "kept": 6, "quarantined": 1, "removed_duplicate": 1, "removed_contaminated": 1}
+    assert result.totals == {
+        "rows_in": 9,
+        "kept": 6,
+        "quarantined": 1,
+        "removed_duplicate": 1,
+        "removed_contaminated": 1,
+    }
     assert sorted(result.rejected["line"].to_list()) == [7, 8, 9]
-    assert result.version_id == dataset_version_id(validate_rows(read_raw(write_lines(ROWS, name="clean.jsonl"))).kept)
+    for report in result.reports:  # reports become Dagster metadata: plain JSON, no custom encoder
+        assert json.loads(json.dumps(report, allow_nan=False)) == report
+    assert result.version_id == dataset_version_id(
+        validate_rows(read_raw(write_lines(ROWS, name="clean.jsonl"))).kept
+    )
     # The stage functions chained by hand (as the Dagster assets do) give the same totals.
     validated = validate_rows(read_raw(write_lines(rows, name="again.jsonl")))
     deduplicated = deduplicate_rows(validated.kept)
     decontaminated = decontaminate_rows(deduplicated.kept, registry)
     assert ingestion_totals([validated.report, deduplicated.report, decontaminated.report]) == result.totals
+
+
+def test_source_breakdown_names_the_file_that_carries_the_problems(tmp_path: Path) -> None:
+    clean = tmp_path / "repo" / "train-a.jsonl"
+    noisy = tmp_path / "repo" / "train-b.jsonl"
+    clean.parent.mkdir()
+    clean.write_text("".join(json.dumps(row) + "\n" for row in ROWS[:3]))
+    noisy.write_text("".join(json.dumps(row) + "\n" for row in [ROWS[3], ROWS[0], ROWS[3]]) + "{oops\n")
+    result = run_ingestion(tmp_path / "repo")
+    assert source_breakdown(result.reports) == {
+        str(clean): {"rows_in": 3, "quarantined": 0, "duplicates": 0, "contaminated": 0, "kept": 3},
+        str(noisy): {"rows_in": 4, "quarantined": 1, "duplicates": 2, "contaminated": 0, "kept": 1},
+    }
 
 
 def test_totals_that_do_not_add_up_are_an_error() -> None:
@@ -131,13 +191,20 @@ def test_statistics_count_tokens_and_loss_share_with_the_chat_template(
     kept = validate_rows(read_raw(write_lines(ROWS[:2]))).kept
     stats = dataset_statistics(kept, tokenizer)
     expected_lengths = [
-        len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]) for row in ROWS[:2]
+        len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
+        for row in ROWS[:2]
     ]
-    answer_tokens = [len(tokenizer(f"Answer {i}.<|eot_id|>", add_special_tokens=False)["input_ids"]) for i in range(2)]
+    answer_tokens = [
+        len(tokenizer(f"Answer {i}.<|eot_id|>", add_special_tokens=False)["input_ids"]) for i in range(2)
+    ]
     assert stats["lengths"] == expected_lengths
     assert stats["tokens_total"] == sum(expected_lengths)
     assert stats["loss_tokens"] == sum(answer_tokens)
     assert stats["loss_token_share"] == round(sum(answer_tokens) / sum(expected_lengths), 4)
     assert stats["rows_per_source"] == {kept["source"][0]: 2}
+    sampled = dataset_statistics(
+        validate_rows(read_raw(write_lines(ROWS * 2, name="twelve.jsonl"))).kept, tokenizer, max_rows=4
+    )
+    assert sampled["sampled_rows"] == 4 and sampled["rows"] == 12
     png = plot_length_histogram(stats["lengths"], tmp_path / "plots" / "lengths.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -44,18 +44,32 @@ def _chat(user: str, assistant: str = "Let me think about it carefully.") -> dic
 @pytest.fixture
 def registry() -> BenchmarkRegistry:
     registry = BenchmarkRegistry()
-    registry.add("gsm8k", [{"question": QUESTION, "answer": ANSWER}, {"question": "What is the sum of 2 and 3 apples?", "answer": "5"}])
+    registry.add(
+        "gsm8k",
+        [
+            {"question": QUESTION, "answer": ANSWER},
+            {"question": "What is the sum of 2 and 3 apples?", "answer": "5"},
+        ],
+    )
     return registry
 
 
 def test_verbatim_item_is_removed_and_the_report_names_item_and_overlap(
     write_lines: Callable[..., Path], registry: BenchmarkRegistry
 ) -> None:
-    rows = [_chat("Tell me a story about a cat."), _chat(f"Solve: {QUESTION}", ANSWER), _chat("What is love?")]
+    rows = [
+        _chat("Tell me a story about a cat."),
+        _chat(f"Solve: {QUESTION}", ANSWER),
+        _chat("What is love?"),
+    ]
     result = decontaminate_rows(_kept(write_lines, rows), registry)
     assert result.kept["line"].to_list() == [1, 3]
     rejected = result.rejected.row(0, named=True)
-    assert (rejected["line"], rejected["reasons"], rejected["stage"]) == (2, ["contaminated"], "decontaminate")
+    assert (rejected["line"], rejected["reasons"], rejected["stage"]) == (
+        2,
+        ["contaminated"],
+        "decontaminate",
+    )
     assert "overlaps benchmark 'gsm8k' item line 1" in rejected["detail"]
     match = result.report["matches"][0]
     assert match["line"] == 2
@@ -68,7 +82,9 @@ def test_verbatim_item_is_removed_and_the_report_names_item_and_overlap(
     assert result.report["rows_in"] == result.report["kept"] + result.report["rejected"]
 
 
-def test_two_words_replaced_still_share_a_13_gram(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
+def test_two_words_replaced_still_share_a_13_gram(
+    write_lines: Callable[..., Path], registry: BenchmarkRegistry
+) -> None:
     edited = QUESTION.replace("harbor", "village").replace("Farid", "Omar")
     result = decontaminate_rows(_kept(write_lines, [_chat(edited)]), registry)
     assert result.rejected["line"].to_list() == [1]
@@ -76,7 +92,9 @@ def test_two_words_replaced_still_share_a_13_gram(write_lines: Callable[..., Pat
     assert 0 < best["fraction"] < 1
 
 
-def test_min_fraction_is_the_stricter_alternative(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
+def test_min_fraction_is_the_stricter_alternative(
+    write_lines: Callable[..., Path], registry: BenchmarkRegistry
+) -> None:
     words = QUESTION.split()
     partial = " ".join(words[:14])  # two 13-grams of the item's ~40
     kept = _kept(write_lines, [_chat(partial), _chat(QUESTION)])
@@ -87,35 +105,53 @@ def test_min_fraction_is_the_stricter_alternative(write_lines: Callable[..., Pat
     assert strict.report["rule"] == "more than 50% of an item's n-grams"
 
 
-def test_punctuation_and_case_do_not_hide_a_copy(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
+def test_punctuation_and_case_do_not_hide_a_copy(
+    write_lines: Callable[..., Path], registry: BenchmarkRegistry
+) -> None:
     shouted = QUESTION.upper().replace(",", " ;").replace(".", "!!")
     assert decontaminate_rows(_kept(write_lines, [_chat(shouted)]), registry).rejected.height == 1
 
 
 def test_short_item_is_matched_whole(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
-    rows = [_chat("Quick one: what is the sum of 2 and 3 apples?"), _chat("What is the sum of 2 and 3 pears?")]
+    rows = [
+        _chat("Quick one: what is the sum of 2 and 3 apples?"),
+        _chat("What is the sum of 2 and 3 pears?"),
+    ]
     result = decontaminate_rows(_kept(write_lines, rows), registry)
     assert result.rejected["line"].to_list() == [1]
     best = result.report["matches"][0]["items"][0]
-    assert (best["item"], best["match"], best["overlap"]) == ("line 2", "whole", ["what is the sum of 2 and 3 apples"])
+    assert (best["item"], best["match"], best["overlap"]) == (
+        "line 2",
+        "whole",
+        ["what is the sum of 2 and 3 apples"],
+    )
 
 
 def test_clean_rows_are_not_flagged(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
-    rows = [_chat(f"Write a haiku about the number {i} and the sea at dawn, please, with care.") for i in range(50)]
+    rows = [
+        _chat(f"Write a haiku about the number {i} and the sea at dawn, please, with care.")
+        for i in range(50)
+    ]
     result = decontaminate_rows(_kept(write_lines, rows), registry)
     assert result.rejected.height == 0
     assert result.report["contaminated"] == 0
 
 
-def test_flag_keeps_rows_and_reports_them(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
+def test_flag_keeps_rows_and_reports_them(
+    write_lines: Callable[..., Path], registry: BenchmarkRegistry
+) -> None:
     result = decontaminate_rows(_kept(write_lines, [_chat(QUESTION)]), registry, policy="flag")
     assert result.kept.height == 1 and result.rejected.height == 0
     assert result.report["flagged"] == 1
     assert blocking_problems(result.report) == []
 
 
-def test_escalate_keeps_rows_and_blocks_until_reviewed(write_lines: Callable[..., Path], registry: BenchmarkRegistry) -> None:
-    result = decontaminate_rows(_kept(write_lines, [_chat(QUESTION), _chat("Tell me a joke.")]), registry, policy="escalate")
+def test_escalate_keeps_rows_and_blocks_until_reviewed(
+    write_lines: Callable[..., Path], registry: BenchmarkRegistry
+) -> None:
+    result = decontaminate_rows(
+        _kept(write_lines, [_chat(QUESTION), _chat("Tell me a joke.")]), registry, policy="escalate"
+    )
     assert result.kept.height == 2
     assert result.report["needs_review"] is True
     assert blocking_problems(result.report) == [
@@ -127,9 +163,18 @@ def test_escalate_keeps_rows_and_blocks_until_reviewed(write_lines: Callable[...
 def _write_benchmark_files(root: Path) -> None:
     """One file per benchmark family, in its usual published layout."""
     root.mkdir()
-    with open(root / "mmlu_abstract_algebra_test.csv", "w", newline="") as handle:  # hendrycks/test: no header
+    with open(
+        root / "mmlu_abstract_algebra_test.csv", "w", newline=""
+    ) as handle:  # hendrycks/test: no header
         csv.writer(handle).writerow(
-            ["Find the degree for the given field extension Q(sqrt(2), sqrt(3)) over the rationals Q.", "0", "4", "2", "6", "B"]
+            [
+                "Find the degree for the given field extension Q(sqrt(2), sqrt(3)) over the rationals Q.",
+                "0",
+                "4",
+                "2",
+                "6",
+                "B",
+            ]
         )
     (root / "hellaswag_val.jsonl").write_text(
         json.dumps(
@@ -142,7 +187,12 @@ def _write_benchmark_files(root: Path) -> None:
                 "split": "val",
                 "split_type": "indomain",
                 "label": 3,
-                "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
+                "endings": [
+                    "is using wrap to wrap a pair of skis.",
+                    "is ripping level tiles off.",
+                    "is holding a rubik's cube.",
+                    "starts pulling up roofing on a roof.",
+                ],
                 "source_id": "activitynet~v_-JhWjGDPHMY",
             }
         )
@@ -187,7 +237,9 @@ def _write_benchmark_files(root: Path) -> None:
     )
     with open(root / "TruthfulQA.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"])
+        writer.writerow(
+            ["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"]
+        )
         writer.writerow(
             [
                 "Adversarial",
@@ -215,8 +267,13 @@ def test_registry_reads_every_family_from_a_directory(tmp_path: Path) -> None:
     }
     by_id = {(item.benchmark, item.item_id): item for item in registry.items}
     assert by_id[("mmlu_abstract_algebra_test", "line 1")].text.endswith("0 4 2 6 4")
-    assert by_id[("hellaswag_val", "24")].text == "A man is sitting on a roof. he starts pulling up roofing on a roof."
-    assert by_id[("arc_challenge_test", "Mercury_7175875")].text.endswith("rotation? Planetary days will become shorter.")
+    assert (
+        by_id[("hellaswag_val", "24")].text
+        == "A man is sitting on a roof. he starts pulling up roofing on a roof."
+    )
+    assert by_id[("arc_challenge_test", "Mercury_7175875")].text.endswith(
+        "rotation? Planetary days will become shorter."
+    )
     assert by_id[("arc_challenge_test", "hf-layout-1")].text.endswith("naked eye? luster")
     assert by_id[("humaneval", "HumanEval/0")].query.startswith("from typing import List")
     assert by_id[("TruthfulQA", "line 2")].query == "What happens to you if you eat watermelon seeds?"
@@ -227,7 +284,9 @@ def test_each_benchmark_family_catches_its_own_leak(tmp_path: Path, write_lines:
     _write_benchmark_files(tmp_path / "benchmarks")
     registry = BenchmarkRegistry.from_directory(tmp_path / "benchmarks")
     leaks = [
-        _chat("Find the degree for the given field extension Q(sqrt(2), sqrt(3)) over the rationals Q, please."),
+        _chat(
+            "Find the degree for the given field extension Q(sqrt(2), sqrt(3)) over the rationals Q, please."
+        ),
         _chat("Continue: A man is sitting on a roof. he starts pulling up roofing on a roof."),
         _chat("Which property of a mineral can be determined just by looking at it with the naked eye?"),
         _chat(
@@ -268,5 +327,7 @@ def test_registry_errors_name_the_problem(tmp_path: Path) -> None:
         registry.add("one", ["x"])
     odd = tmp_path / "odd.jsonl"
     odd.write_text(json.dumps({"foo": 1}) + "\n")
-    with pytest.raises(DatasetError, match=r"odd.jsonl: cannot tell the benchmark format from fields \['foo'\]; pass format="):
+    with pytest.raises(
+        DatasetError, match=r"odd.jsonl: cannot tell the benchmark format from fields \['foo'\]; pass format="
+    ):
         registry.add("odd", odd)

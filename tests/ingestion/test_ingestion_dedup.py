@@ -13,7 +13,14 @@ from datasketch import MinHashLSH
 
 from fineplat.ingestion import deduplicate_rows, read_raw, validate_rows
 from fineplat.ingestion.dedup import lsh_params
-from fineplat.ingestion.minhash import estimated_jaccard, jaccard, lean_minhash, shingle_sets, shingle_text, signatures
+from fineplat.ingestion.minhash import (
+    estimated_jaccard,
+    jaccard,
+    lean_minhash,
+    shingle_sets,
+    shingle_text,
+    signatures,
+)
 
 RNG_WORDS = [f"w{n}x" for n in range(5000)]
 
@@ -46,16 +53,29 @@ def _true_jaccard(a: str, b: str) -> float:
     return jaccard(first, second)
 
 
-def test_exact_duplicates_differing_only_in_whitespace_keep_the_first(write_lines: Callable[..., Path]) -> None:
+def test_exact_duplicates_differing_only_in_whitespace_keep_the_first(
+    write_lines: Callable[..., Path],
+) -> None:
     text = _paragraph(1)
-    rows = [_chat("question", text), _chat("other", _paragraph(2)), _chat("question ", "  " + text.replace(" ", "   ", 5))]
+    rows = [
+        _chat("question", text),
+        _chat("other", _paragraph(2)),
+        _chat("question ", "  " + text.replace(" ", "   ", 5)),
+    ]
     result = deduplicate_rows(_validated(write_lines, rows))
     assert result.kept["line"].to_list() == [1, 2]
     rejected = result.rejected.row(0, named=True)
-    assert (rejected["line"], rejected["reasons"], rejected["stage"]) == (3, ["exact_duplicate"], "deduplicate")
+    assert (rejected["line"], rejected["reasons"], rejected["stage"]) == (
+        3,
+        ["exact_duplicate"],
+        "deduplicate",
+    )
     assert "line 1, which is kept" in rejected["detail"]
     assert result.report["exact_clusters"] == [
-        {"kept": {"source": result.kept["source"][0], "line": 1}, "duplicates": [{"source": result.kept["source"][0], "line": 3}]}
+        {
+            "kept": {"source": result.kept["source"][0], "line": 1},
+            "duplicates": [{"source": result.kept["source"][0], "line": 3}],
+        }
     ]
     assert result.report["rows_in"] == result.report["kept"] + result.report["rejected"] == 3
 
@@ -132,3 +152,13 @@ def test_lsh_bands_find_pairs_at_the_threshold() -> None:
     assert (bands, rows) == (12, 10)
     assert 1 - (1 - 0.9**rows) ** bands >= 0.99
     assert 1 - (1 - 0.5**rows) ** bands < 0.02
+
+
+def test_a_dense_cluster_collapses_to_its_first_row(write_lines: Callable[..., Path]) -> None:
+    words = _paragraph(15).split(" ")
+    rows = [_chat("q", " ".join([*words[:70], f"variant{i}", *words[71:]])) for i in range(300)]
+    result = deduplicate_rows(_validated(write_lines, rows))
+    assert result.kept["line"].to_list() == [1]
+    assert len(result.report["near_clusters"]) == 1
+    assert [d["line"] for d in result.report["near_clusters"][0]["duplicates"]] == list(range(2, 301))
+    assert result.report["near_duplicates"] == 299

@@ -23,7 +23,11 @@ ROW_B = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant",
 def test_jsonl_keeps_true_line_numbers_across_blank_lines_and_bom(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_bytes(
-        b"\xef\xbb\xbf" + json.dumps(ROW_A).encode() + b"\n\n   \n" + json.dumps(ROW_B).encode() + b"\r\n{broken\n"
+        b"\xef\xbb\xbf"
+        + json.dumps(ROW_A).encode()
+        + b"\n\n   \n"
+        + json.dumps(ROW_B).encode()
+        + b"\r\n{broken\n"
     )
     raw = read_raw(path)
     assert raw.schema == pl.Schema(RAW_SCHEMA)
@@ -32,7 +36,10 @@ def test_jsonl_keeps_true_line_numbers_across_blank_lines_and_bom(tmp_path: Path
     assert json.loads(raw["data"][0]) == ROW_A
     assert raw["raw"][1] == json.dumps(ROW_B)
     assert raw["parse_error"][:2].to_list() == [None, None]
-    assert raw["parse_error"][2] == "json_parse_error: Expecting property name enclosed in double quotes at column 2"
+    assert (
+        raw["parse_error"][2]
+        == "json_parse_error: Expecting property name enclosed in double quotes at column 2"
+    )
     assert raw["raw"][2] == "{broken"
     assert raw["data"][2] is None
 
@@ -82,7 +89,10 @@ def test_dot_json_holding_json_lines_is_read_as_jsonl(tmp_path: Path) -> None:
 
 def test_parquet_rows_are_numbered_and_batches_are_bounded(tmp_path: Path) -> None:
     path = tmp_path / "data.parquet"
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]} for i in range(25)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(25)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=7)
     batches = list(iter_raw(path, batch_size=10))
     assert [b.height for b in batches] == [7, 7, 7, 4] or max(b.height for b in batches) <= 10
@@ -100,10 +110,7 @@ def test_jsonl_batches_never_exceed_batch_size(write_lines: Callable[..., Path])
 def test_csv_multiline_cells_json_cells_and_field_count(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text(
-        "instruction,input,output\n"
-        'Say hi,,"Hi,\nthere"\n'
-        "Count,\"[1, 2]\",3\n"
-        "too,many,fields,here\n",
+        'instruction,input,output\nSay hi,,"Hi,\nthere"\nCount,"[1, 2]",3\ntoo,many,fields,here\n',
         encoding="utf-8",
     )
     raw = read_raw(path)
@@ -136,9 +143,16 @@ def test_hf_save_to_disk_dataset_and_dataset_dict(tmp_path: Path) -> None:
 
 def _dataset_repo(root: Path) -> Path:
     (root / "data").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([{"text": "train one"}, {"text": "train two"}]), root / "data" / "train-00000-of-00002.parquet")
-    pq.write_table(pa.Table.from_pylist([{"text": "train three"}]), root / "data" / "train-00001-of-00002.parquet")
-    pq.write_table(pa.Table.from_pylist([{"text": "held out"}]), root / "data" / "test-00000-of-00001.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"text": "train one"}, {"text": "train two"}]),
+        root / "data" / "train-00000-of-00002.parquet",
+    )
+    pq.write_table(
+        pa.Table.from_pylist([{"text": "train three"}]), root / "data" / "train-00001-of-00002.parquet"
+    )
+    pq.write_table(
+        pa.Table.from_pylist([{"text": "held out"}]), root / "data" / "test-00000-of-00001.parquet"
+    )
     (root / "README.md").write_text("---\nlicense: mit\n---\n")
     return root
 
@@ -153,7 +167,9 @@ def test_dataset_repo_folder_reads_the_split_files_in_order(tmp_path: Path) -> N
     assert [json.loads(d)["text"] for d in read_raw(root, split="test")["data"]] == ["held out"]
 
 
-def test_hub_id_resolves_offline_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_id_resolves_offline_from_the_local_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from huggingface_hub import constants
 
     cache = tmp_path / "hub"
@@ -168,13 +184,18 @@ def test_hub_id_resolves_offline_from_the_local_cache(tmp_path: Path, monkeypatc
     assert raw["source"].to_list() == ["acme/chats/data/train-00000-of-00002.parquet"] * 2 + [
         "acme/chats/data/train-00001-of-00002.parquet"
     ]
-    with pytest.raises(DatasetError, match=r"dataset 'acme/missing': not a local path and not in the local Hugging Face cache"):
+    with pytest.raises(
+        DatasetError,
+        match=r"dataset 'acme/missing': not a local path and not in the local Hugging Face cache",
+    ):
         read_raw("acme/missing")
 
 
 def test_unknown_extension_names_the_file_and_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text("hello")
-    with pytest.raises(DatasetError, match=r"data.txt: unknown file type '.txt'. Expected .jsonl, .json, .parquet or .csv"):
+    with pytest.raises(
+        DatasetError, match=r"data.txt: unknown file type '.txt'. Expected .jsonl, .json, .parquet or .csv"
+    ):
         read_raw(path)
     assert read_raw(path, format="jsonl")["parse_error"][0].startswith("json_parse_error")

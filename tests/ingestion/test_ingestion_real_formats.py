@@ -30,9 +30,17 @@ def test_openai_fine_tuning_jsonl_with_weights_and_tool_calls(tmp_path: Path) ->
             "messages": [
                 {"role": "system", "content": "Marv is a factual chatbot that is also sarcastic."},
                 {"role": "user", "content": "What's the capital of France?"},
-                {"role": "assistant", "content": "Paris, as if everyone doesn't know that already.", "weight": 0},
+                {
+                    "role": "assistant",
+                    "content": "Paris, as if everyone doesn't know that already.",
+                    "weight": 0,
+                },
                 {"role": "user", "content": "Can you be more sarcastic?"},
-                {"role": "assistant", "content": "Paris, as if everyone doesn't know that already.", "weight": 1},
+                {
+                    "role": "assistant",
+                    "content": "Paris, as if everyone doesn't know that already.",
+                    "weight": 1,
+                },
             ]
         },
         {
@@ -44,7 +52,10 @@ def test_openai_fine_tuning_jsonl_with_weights_and_tool_calls(tmp_path: Path) ->
                         {
                             "id": "call_id",
                             "type": "function",
-                            "function": {"name": "get_current_weather", "arguments": '{"location": "San Francisco, USA"}'},
+                            "function": {
+                                "name": "get_current_weather",
+                                "arguments": '{"location": "San Francisco, USA"}',
+                            },
                         }
                     ],
                 },
@@ -76,7 +87,11 @@ def test_alpaca_json_array(tmp_path: Path) -> None:
     path.write_text(
         json.dumps(
             [
-                {"instruction": "Give three tips for staying healthy.", "input": "", "output": "1. Eat well.\n2. Sleep.\n3. Move."},
+                {
+                    "instruction": "Give three tips for staying healthy.",
+                    "input": "",
+                    "output": "1. Eat well.\n2. Sleep.\n3. Move.",
+                },
                 {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
             ],
             indent=4,
@@ -114,7 +129,10 @@ def test_sharegpt_with_function_call_turns(tmp_path: Path) -> None:
         {
             "conversations": [
                 {"from": "human", "value": "What's the stock price of ACME?"},
-                {"from": "function_call", "value": '{"name": "get_stock_price", "arguments": {"symbol": "ACME"}}'},
+                {
+                    "from": "function_call",
+                    "value": '{"name": "get_stock_price", "arguments": {"symbol": "ACME"}}',
+                },
                 {"from": "observation", "value": '{"price": 12.5}'},
                 {"from": "gpt", "value": "ACME trades at $12.50."},
             ],
@@ -126,8 +144,17 @@ def test_sharegpt_with_function_call_turns(tmp_path: Path) -> None:
     assert result.report["schema"] == "sharegpt"
     assert result.report["rejected"] == 0
     assert result.report["ignored_fields"] == {"id": 1}
-    assert [m["role"] for m in _records(result)[1]["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
-    assert _records(result)[1]["messages"][2]["content"] == '{"name": "get_stock_price", "arguments": {"symbol": "ACME"}}'
+    assert [m["role"] for m in _records(result)[1]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert (
+        _records(result)[1]["messages"][2]["content"]
+        == '{"name": "get_stock_price", "arguments": {"symbol": "ACME"}}'
+    )
 
 
 def test_anthropic_hh_chosen_rejected_transcripts(tmp_path: Path) -> None:
@@ -160,16 +187,30 @@ def test_ultrafeedback_message_list_preferences(tmp_path: Path) -> None:
         {
             "prompt": "Name a prime number.",
             "prompt_id": "9f1c",
-            "chosen": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7"}],
-            "rejected": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "9"}],
-            "messages": [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7"}],
+            "chosen": [
+                {"role": "user", "content": "Name a prime number."},
+                {"role": "assistant", "content": "7"},
+            ],
+            "rejected": [
+                {"role": "user", "content": "Name a prime number."},
+                {"role": "assistant", "content": "9"},
+            ],
+            "messages": [
+                {"role": "user", "content": "Name a prime number."},
+                {"role": "assistant", "content": "7"},
+            ],
             "score_chosen": 9.0,
             "score_rejected": 2.0,
         }
     ]
     result = validate_rows(read_raw(_write_jsonl(tmp_path / "uf.jsonl", rows)), purpose="dpo")
     assert result.report["schema"] == "preference"
-    assert result.report["ignored_fields"] == {"messages": 1, "prompt_id": 1, "score_chosen": 1, "score_rejected": 1}
+    assert result.report["ignored_fields"] == {
+        "messages": 1,
+        "prompt_id": 1,
+        "score_chosen": 1,
+        "score_rejected": 1,
+    }
     assert _records(result) == [
         {
             "prompt": [{"role": "user", "content": "Name a prime number."}],
@@ -185,9 +226,15 @@ def test_ultrafeedback_message_list_preferences(tmp_path: Path) -> None:
 def test_prompt_completion_and_string_preferences(tmp_path: Path) -> None:
     pc = validate_rows(read_raw(_write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2=", "completion": "4"}])))
     assert pc.report["schema"] == "prompt_completion"
-    assert _records(pc) == [{"messages": [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]}]
+    assert _records(pc) == [
+        {"messages": [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]}
+    ]
     pref = validate_rows(
-        read_raw(_write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])),
+        read_raw(
+            _write_jsonl(
+                tmp_path / "pref.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}]
+            )
+        ),
         purpose="dpo",
     )
     assert _records(pref) == [
@@ -200,7 +247,9 @@ def test_prompt_completion_and_string_preferences(tmp_path: Path) -> None:
 
 
 def test_plain_text_for_continued_pretraining(tmp_path: Path) -> None:
-    result = validate_rows(read_raw(_write_jsonl(tmp_path / "cpt.jsonl", [{"text": "Once upon a time."}])), purpose="cpt")
+    result = validate_rows(
+        read_raw(_write_jsonl(tmp_path / "cpt.jsonl", [{"text": "Once upon a time."}])), purpose="cpt"
+    )
     assert _records(result) == [{"text": "Once upon a time."}]
     assert result.kept["kind"].to_list() == ["text"]
     assert result.kept["text"].to_list() == ["Once upon a time."]
@@ -225,18 +274,53 @@ def test_csv_alpaca_file(tmp_path: Path) -> None:
     path.write_text('instruction,input,output\n"Add the numbers.","2, 3",5\n')
     result = validate_rows(read_raw(path))
     assert _records(result) == [
-        {"messages": [{"role": "user", "content": "Add the numbers.\n\n2, 3"}, {"role": "assistant", "content": "5"}]}
+        {
+            "messages": [
+                {"role": "user", "content": "Add the numbers.\n\n2, 3"},
+                {"role": "assistant", "content": "5"},
+            ]
+        }
     ]
     assert result.kept["line"].to_list() == [2]
 
 
 def test_schema_override_and_purpose_mismatch_are_explained(tmp_path: Path) -> None:
-    path = _write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}])
-    with pytest.raises(DatasetError, match=r"look like preference data .* does not fit purpose 'sft'.*Use purpose='dpo'"):
+    path = _write_jsonl(
+        tmp_path / "pref.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}]
+    )
+    with pytest.raises(
+        DatasetError, match=r"look like preference data .* does not fit purpose 'sft'.*Use purpose='dpo'"
+    ):
         validate_rows(read_raw(path), purpose="sft")
-    with pytest.raises(DatasetError, match=r"schema 'text' holds text rows, but purpose 'sft' needs chat rows"):
+    with pytest.raises(
+        DatasetError, match=r"schema 'text' holds text rows, but purpose 'sft' needs chat rows"
+    ):
         validate_rows(read_raw(path), schema="text")
     # An explicit schema judges every row by it: these rows lack `completion`.
     forced = validate_rows(read_raw(path), schema="prompt_completion")
     assert forced.rejected["reasons"].to_list() == [["missing_field"]]
     assert "field completion: expected field `completion`" in forced.rejected["detail"][0]
+
+
+def test_sharegpt_with_per_turn_weights(tmp_path: Path) -> None:
+    # Open-Orca/SlimOrca: ShareGPT turns carrying weight null (system), 0.0 (human) and 1.0 (gpt).
+    rows = [
+        {
+            "conversations": [
+                {"from": "system", "value": "You are an AI assistant.", "weight": None},
+                {"from": "human", "value": "Which is heavier, a kilo of feathers or a kilo of steel?", "weight": 0.0},
+                {"from": "gpt", "value": "They weigh the same: one kilogram each.", "weight": 1.0},
+            ]
+        }
+    ]
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "slimorca.jsonl", rows)))
+    assert result.rejected.height == 0
+    assert _records(result) == [
+        {
+            "messages": [
+                {"role": "system", "content": "You are an AI assistant."},
+                {"role": "user", "content": "Which is heavier, a kilo of feathers or a kilo of steel?"},
+                {"role": "assistant", "content": "They weigh the same: one kilogram each."},
+            ]
+        }
+    ]

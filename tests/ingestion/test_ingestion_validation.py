@@ -34,48 +34,116 @@ def _only_rejection(result: StageResult) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("bad", "code", "detail"),
     [
-        (b'{"messages": [{"role": "user", "content": "Hi"}', "json_parse_error", "line 3: Expecting ',' delimiter at column 48. Fix the JSON syntax"),
-        (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid_utf8", "line 3: byte 0xe9 at byte offset 46 is not valid UTF-8. Re-save the file as UTF-8"),
+        (
+            b'{"messages": [{"role": "user", "content": "Hi"}',
+            "json_parse_error",
+            "line 3: Expecting ',' delimiter at column 48. Fix the JSON syntax",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',
+            "invalid_utf8",
+            "line 3: byte 0xe9 at byte offset 46 is not valid UTF-8. Re-save the file as UTF-8",
+        ),
         ("[1, 2, 3]", "not_an_object", "line 3: expected a JSON object, got an array"),
         ({"message": []}, "missing_field", "line 3: field messages: expected field `messages`"),
         (
-            {"messages": [{"role": "user", "text": "Hi", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+            {
+                "messages": [
+                    {"role": "user", "text": "Hi", "content": "Hi"},
+                    {"role": "assistant", "content": "Yo"},
+                ]
+            },
             "extra_field",
             "field messages[0].text: unexpected message field `text`",
         ),
-        ({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "Yo"}]}, "wrong_type", "field messages[0].content: expected a string, got a number."),
-        ({"messages": "Hi"}, "wrong_type", "field messages: expected an array of messages, got a string."),
-        ({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "Yo"}]}, "empty_content", "field messages[0].content: expected non-empty text in this user message"),
-        ({"messages": []}, "empty_content", "field messages: expected at least one message"),
-        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]}, "unknown_role", "field messages[1].role: unknown role 'bot'; expected one of"),
         (
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "Be nice"}, {"role": "assistant", "content": "Yo"}]},
+            {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "Yo"}]},
+            "wrong_type",
+            "field messages[0].content: expected a string, got a number; write it as a JSON string.",
+        ),
+        (
+            {"messages": "Hi"},
+            "wrong_type",
+            'field messages: expected an array of messages, got a string; write [{"role": ..., "content": ...}, ...].',
+        ),
+        (
+            {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "Yo"}]},
+            "empty_content",
+            "field messages[0].content: expected non-empty text in this user message",
+        ),
+        ({"messages": []}, "empty_content", "field messages: expected at least one message"),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]},
+            "unknown_role",
+            "field messages[1].role: unknown role 'bot'; expected one of",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "system", "content": "Be nice"},
+                    {"role": "assistant", "content": "Yo"},
+                ]
+            },
             "role_order",
             "field messages[1].role: system message at position 1; a system message is allowed only first.",
         ),
-        ({"messages": [{"role": "assistant", "content": "Yo"}]}, "role_order", "field messages[0].role: assistant turn at position 0 has no user turn before it"),
         (
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Yo"}]},
+            {"messages": [{"role": "assistant", "content": "Yo"}]},
+            "role_order",
+            "field messages[0].role: assistant turn at position 0 has no user turn before it",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Yo"},
+                ]
+            },
             "role_order",
             "two user turns in a row (positions 0 and 1); merge them into one turn.",
         ),
-        ({"messages": [{"role": "user", "content": "Hi"}]}, "last_turn_not_assistant", "field messages[0].role: the conversation ends with a user turn"),
         (
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo", "weight": 0}]},
+            {"messages": [{"role": "user", "content": "Hi"}]},
+            "last_turn_not_assistant",
+            "field messages[0].role: the conversation ends with a user turn",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Yo", "weight": 0},
+                ]
+            },
             "no_loss_tokens",
             "every assistant message has weight 0, so this row trains nothing",
         ),
         (
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo", "weight": 0.5}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Yo", "weight": 0.5},
+                ]
+            },
             "wrong_type",
-            "field messages[1].weight: expected weight 0 or 1, got 0.5.",
+            "field messages[1].weight: expected weight 0 or 1, got 0.5; use 0 (no loss) or 1 (train on it).",
         ),
         (
-            {"messages": [{"role": "user", "content": "Hi", "weight": 1}, {"role": "assistant", "content": "Yo"}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi", "weight": 1},
+                    {"role": "assistant", "content": "Yo"},
+                ]
+            },
             "extra_field",
             "field messages[0].weight: `weight` applies only to assistant messages",
         ),
-        ('{"messages": [{"role": "user", "content": "Hi \\ud800"}, {"role": "assistant", "content": "Yo"}]}', "invalid_utf8", "unpaired surrogate"),
+        (
+            '{"messages": [{"role": "user", "content": "Hi \\ud800"}, {"role": "assistant", "content": "Yo"}]}',
+            "invalid_utf8",
+            "unpaired surrogate",
+        ),
     ],
     ids=lambda value: value if isinstance(value, str) and " " not in value else None,
 )
@@ -108,10 +176,26 @@ def test_several_problems_in_one_row_are_all_reported(write_lines: Callable[...,
 @pytest.mark.parametrize(
     ("bad", "code", "detail"),
     [
-        ({"prompt": "Hi", "chosen": "Same", "rejected": "Same"}, "chosen_equals_rejected", "chosen and rejected are identical"),
-        ({"prompt": "Hi", "chosen": "", "rejected": "No"}, "empty_content", "field chosen: expected a non-empty `chosen` response"),
-        ({"prompt": "Hi", "chosen": 1, "rejected": "No"}, "wrong_type", "field chosen: expected a string or an array of messages, got a number."),
-        ({"chosen": "Yes", "rejected": "No"}, "missing_field", "field prompt: expected `prompt` (or chosen/rejected as HH-style"),
+        (
+            {"prompt": "Hi", "chosen": "Same", "rejected": "Same"},
+            "chosen_equals_rejected",
+            "chosen and rejected are identical",
+        ),
+        (
+            {"prompt": "Hi", "chosen": "", "rejected": "No"},
+            "empty_content",
+            "field chosen: expected a non-empty `chosen` response",
+        ),
+        (
+            {"prompt": "Hi", "chosen": 1, "rejected": "No"},
+            "wrong_type",
+            "field chosen: expected a string or an array of messages, got a number; convert it.",
+        ),
+        (
+            {"chosen": "Yes", "rejected": "No"},
+            "missing_field",
+            "field prompt: expected `prompt` (or chosen/rejected as HH-style",
+        ),
         (
             {
                 "chosen": [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "Yes"}],
@@ -121,13 +205,19 @@ def test_several_problems_in_one_row_are_all_reported(write_lines: Callable[...,
             "chosen and rejected contain different conversation histories",
         ),
         (
-            {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}], "chosen": "Yes", "rejected": "No"},
+            {
+                "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}],
+                "chosen": "Yes",
+                "rejected": "No",
+            },
             "role_order",
             "field prompt: expected the prompt to end with a user turn",
         ),
     ],
 )
-def test_malformed_preference_row_is_rejected(write_lines: Callable[..., Path], bad: dict[str, Any], code: str, detail: str) -> None:
+def test_malformed_preference_row_is_rejected(
+    write_lines: Callable[..., Path], bad: dict[str, Any], code: str, detail: str
+) -> None:
     good = {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}
     path = write_lines([good, good, bad, good])
     result = validate_rows(read_raw(path), purpose="dpo")
@@ -145,7 +235,9 @@ def test_text_rows_reject_empty_and_non_string_text(write_lines: Callable[..., P
     ]
 
 
-def test_strict_fields_rejects_top_level_fields_the_schema_does_not_read(write_lines: Callable[..., Path]) -> None:
+def test_strict_fields_rejects_top_level_fields_the_schema_does_not_read(
+    write_lines: Callable[..., Path],
+) -> None:
     bad = {**GOOD, "labels": [1]}
     lenient = _validate(write_lines, bad)[0]
     assert lenient.report["rejected"] == 0
@@ -165,18 +257,27 @@ def test_report_examples_are_capped_per_reason_and_totals_add_up(write_lines: Ca
 
 
 def test_too_many_tokens_is_rejected_with_the_count(write_lines: Callable[..., Path], tokenizer: Any) -> None:
-    long_row = {"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]}
+    long_row = {
+        "messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    }
     path = write_lines([GOOD, long_row])
     result = validate_rows(read_raw(path), tokenizer=tokenizer, max_tokens=64)
     row = _only_rejection(result)
     assert (row["line"], row["reasons"]) == (2, ["too_many_tokens"])
-    expected = len(tokenizer.apply_chat_template(long_row["messages"], tokenize=True, return_dict=True)["input_ids"])
-    assert f"expected at most 64 tokens with the base model's chat template; the row has {expected}." in row["detail"]
+    expected = len(
+        tokenizer.apply_chat_template(long_row["messages"], tokenize=True, return_dict=True)["input_ids"]
+    )
+    assert (
+        f"expected at most 64 tokens with the base model's chat template; the row has {expected}."
+        in row["detail"]
+    )
     assert "use overlength='truncate'" in row["detail"]
     assert result.report["tokens"]["limit"] == 64
 
 
-def test_truncate_drops_trailing_turns_until_the_row_fits(write_lines: Callable[..., Path], tokenizer: Any) -> None:
+def test_truncate_drops_trailing_turns_until_the_row_fits(
+    write_lines: Callable[..., Path], tokenizer: Any
+) -> None:
     messages = [
         {"role": "user", "content": "short question"},
         {"role": "assistant", "content": "short answer"},
@@ -192,16 +293,29 @@ def test_truncate_drops_trailing_turns_until_the_row_fits(write_lines: Callable[
 
 
 def test_truncate_cuts_plain_text_at_the_limit(write_lines: Callable[..., Path], tokenizer: Any) -> None:
-    path = write_lines([{"text": "the quick brown fox " * 100}])
-    result = validate_rows(read_raw(path), purpose="cpt", tokenizer=tokenizer, max_tokens=50, overlength="truncate")
+    original = "the quick brown fox " * 100
+    path = write_lines([{"text": original}])
+    result = validate_rows(
+        read_raw(path), purpose="cpt", tokenizer=tokenizer, max_tokens=50, overlength="truncate"
+    )
     record = json.loads(result.kept["record"][0])
-    assert len(tokenizer(record["text"], add_special_tokens=True)["input_ids"]) <= 50
-    assert "the quick brown fox the quick".startswith(record["text"][:29])
+    tokens = len(tokenizer(record["text"], add_special_tokens=True)["input_ids"])
+    assert 40 < tokens <= 50
+    assert original.startswith(record["text"])
+    assert result.report["tokens"]["truncated_rows"][0]["tokens_after"] == tokens
 
 
-def test_render_check_decodes_three_samples_with_their_loss_tokens(write_lines: Callable[..., Path], tokenizer: Any) -> None:
+def test_render_check_decodes_three_samples_with_their_loss_tokens(
+    write_lines: Callable[..., Path], tokenizer: Any
+) -> None:
     rows = [
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]}
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Q{i}"},
+                {"role": "assistant", "content": f"A{i}"},
+            ]
+        }
         for i in range(5)
     ]
     result = validate_rows(read_raw(write_lines(rows)), tokenizer=tokenizer)
@@ -214,7 +328,9 @@ def test_render_check_decodes_three_samples_with_their_loss_tokens(write_lines: 
     assert samples[0]["loss_text"] == "A0<|eot_id|>"
 
 
-def test_weight_zero_turns_carry_no_loss_in_the_render_check(write_lines: Callable[..., Path], tokenizer: Any) -> None:
+def test_weight_zero_turns_carry_no_loss_in_the_render_check(
+    write_lines: Callable[..., Path], tokenizer: Any
+) -> None:
     row = {
         "messages": [
             {"role": "user", "content": "one"},
@@ -227,7 +343,9 @@ def test_weight_zero_turns_carry_no_loss_in_the_render_check(write_lines: Callab
     assert result.report["render_samples"][0]["loss_text"] == "second<|eot_id|>"
 
 
-def test_template_error_is_a_row_problem_not_a_crash(write_lines: Callable[..., Path], tokenizer: Any) -> None:
+def test_template_error_is_a_row_problem_not_a_crash(
+    write_lines: Callable[..., Path], tokenizer: Any
+) -> None:
     strict = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     strict.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('tool turns are not supported') }}"

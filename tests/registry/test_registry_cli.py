@@ -7,21 +7,27 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from registry_factories import add_dataset, add_job, add_model
 from typer.testing import CliRunner
 
-from fineplat.registry import ModelArtifact, Registry
+from fineplat.registry import DatasetArtifact, Job, ModelArtifact, Registry
 from fineplat.registry.cli import app
+
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
+JobFactory = Callable[..., Job]  # the add_job fixture (conftest.py)
+ModelFactory = Callable[..., ModelArtifact]  # the add_model fixture (conftest.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
 @pytest.fixture
-def staged_model(registry: Registry) -> ModelArtifact:
+def staged_model(
+    registry: Registry, add_dataset: DatasetFactory, add_job: JobFactory, add_model: ModelFactory
+) -> ModelArtifact:
     add_dataset(registry)
     add_job(registry, "job-1")
     model = add_model(registry, "support-bot")

@@ -11,10 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from registry_factories import add_dataset, add_job, add_model
 
 from fineplat.errors import RegistryError
-from fineplat.registry import Registry
+from fineplat.registry import DatasetArtifact, Job, ModelArtifact, Registry
+
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
+JobFactory = Callable[..., Job]  # the add_job fixture (conftest.py)
+ModelFactory = Callable[..., ModelArtifact]  # the add_model fixture (conftest.py)
 
 WORKERS = 6
 
@@ -45,7 +48,9 @@ def two_registries(registry_url: str) -> Iterator[list[Registry]]:
     second.close()
 
 
-def test_concurrent_registrations_get_distinct_versions(two_registries: list[Registry]) -> None:
+def test_concurrent_registrations_get_distinct_versions(
+    two_registries: list[Registry], add_dataset: DatasetFactory
+) -> None:
     results = _race(two_registries, lambda registry, i: add_dataset(registry, dataset_id=f"ds-{i}"), WORKERS)
     assert sorted(dataset.version for dataset in results) == list(range(1, WORKERS + 1))
     same = _race(
@@ -54,7 +59,9 @@ def test_concurrent_registrations_get_distinct_versions(two_registries: list[Reg
     assert {(d.id, d.version) for d in same} == {("same-content", WORKERS + 1)}  # one row, one version
 
 
-def test_concurrent_model_registrations_get_distinct_versions(two_registries: list[Registry]) -> None:
+def test_concurrent_model_registrations_get_distinct_versions(
+    two_registries: list[Registry], add_dataset: DatasetFactory, add_job: JobFactory, add_model: ModelFactory
+) -> None:
     add_dataset(two_registries[0])
     add_job(two_registries[0], "job-1")
     results = _race(two_registries, lambda registry, i: add_model(registry, uri=f"file:///v{i}"), WORKERS)
@@ -62,7 +69,9 @@ def test_concurrent_model_registrations_get_distinct_versions(two_registries: li
     assert len({model.serving_name for model in results}) == WORKERS
 
 
-def test_concurrent_promotions_leave_exactly_one_production_model(two_registries: list[Registry]) -> None:
+def test_concurrent_promotions_leave_exactly_one_production_model(
+    two_registries: list[Registry], add_dataset: DatasetFactory, add_job: JobFactory, add_model: ModelFactory
+) -> None:
     first, second = two_registries
     add_dataset(first)
     add_job(first, "job-1")

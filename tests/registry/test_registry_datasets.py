@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from registry_factories import add_dataset
 
 from fineplat.errors import RegistryError
 from fineplat.registry import DatasetArtifact, Registry
 
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
 
-def test_register_dataset_stores_every_field(registry: Registry) -> None:
+
+def test_register_dataset_stores_every_field(registry: Registry, add_dataset: DatasetFactory) -> None:
     before = datetime.now(UTC)
     dataset = add_dataset(registry, dataset_id="a1", name="support-chat")
     assert dataset == DatasetArtifact(
@@ -34,7 +36,7 @@ def test_register_dataset_stores_every_field(registry: Registry) -> None:
     assert registry.get_dataset("a1") == dataset
 
 
-def test_versions_count_per_name(registry: Registry) -> None:
+def test_versions_count_per_name(registry: Registry, add_dataset: DatasetFactory) -> None:
     versions = [
         (dataset.name, dataset.version)
         for dataset in (
@@ -47,7 +49,9 @@ def test_versions_count_per_name(registry: Registry) -> None:
     assert versions == [("support-chat", 1), ("support-chat", 2), ("sql-gen", 1), ("support-chat", 3)]
 
 
-def test_registering_the_same_content_again_returns_the_existing_version(registry: Registry) -> None:
+def test_registering_the_same_content_again_returns_the_existing_version(
+    registry: Registry, add_dataset: DatasetFactory
+) -> None:
     first = add_dataset(registry, dataset_id="a1", name="support-chat")
     again = add_dataset(
         registry, dataset_id="a1", name="support-chat", row_count=999, uri="file:///elsewhere"
@@ -70,7 +74,7 @@ INVALID_FIELDS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-def test_invalid_dataset_fields_are_named(registry: Registry) -> None:
+def test_invalid_dataset_fields_are_named(registry: Registry, add_dataset: DatasetFactory) -> None:
     for fields, message in INVALID_FIELDS:
         with pytest.raises(RegistryError, match=message):
             add_dataset(registry, **fields)
@@ -78,7 +82,9 @@ def test_invalid_dataset_fields_are_named(registry: Registry) -> None:
         registry.get_dataset("d" * 64)  # nothing half-written
 
 
-def test_snapshots_stay_usable_after_the_registry_is_closed(registry_url: str) -> None:
+def test_snapshots_stay_usable_after_the_registry_is_closed(
+    registry_url: str, add_dataset: DatasetFactory
+) -> None:
     registry = Registry(registry_url)
     registry.migrate()
     dataset = add_dataset(registry, report={"nested": {"k": [1, 2]}})

@@ -4,25 +4,33 @@ bulk metric logging that tolerates a resumed job re-logging steps."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from registry_factories import BASE_SHA, DATASET_ID, OTHER_SHA, add_dataset, add_job
 
 from fineplat.errors import RegistryError
 from fineplat.hashing import hash_json
-from fineplat.registry import Metric, Registry, job_config_hash
+from fineplat.registry import DatasetArtifact, Job, Metric, Registry, job_config_hash
+
+BASE_SHA = "b" * 64  # the factories' base model SHA (conftest.py)
+OTHER_SHA = "c" * 64
+DATASET_ID = "d" * 64  # the factories' dataset content hash (conftest.py)
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
+JobFactory = Callable[..., Job]  # the add_job fixture (conftest.py)
 
 CONFIG = {"learning_rate": 2e-4, "lora_r": 8, "epochs": 1}
 
 
 @pytest.fixture
-def dataset_registry(registry: Registry) -> Registry:
+def dataset_registry(registry: Registry, add_dataset: DatasetFactory) -> Registry:
     add_dataset(registry)
     return registry
 
 
-def test_create_job_records_identity_and_starts_queued(dataset_registry: Registry) -> None:
+def test_create_job_records_identity_and_starts_queued(
+    dataset_registry: Registry, add_job: JobFactory
+) -> None:
     job = add_job(dataset_registry, "job-1", dagster_run_id="run-abc")
     assert (job.id, job.method, job.base_model, job.base_model_sha, job.dataset_id) == (
         "job-1",
@@ -53,23 +61,27 @@ def test_run_identity_changes_with_each_input() -> None:
     assert len(others) == 4 and base not in others
 
 
-def test_creating_the_same_job_again_returns_it(dataset_registry: Registry) -> None:
+def test_creating_the_same_job_again_returns_it(dataset_registry: Registry, add_job: JobFactory) -> None:
     first = add_job(dataset_registry, "job-1")
     assert add_job(dataset_registry, "job-1") == first
 
 
-def test_same_job_id_with_another_configuration_is_refused(dataset_registry: Registry) -> None:
+def test_same_job_id_with_another_configuration_is_refused(
+    dataset_registry: Registry, add_job: JobFactory
+) -> None:
     add_job(dataset_registry, "job-1")
     with pytest.raises(RegistryError, match=r"job 'job-1' already exists with a different run identity"):
         add_job(dataset_registry, "job-1", config={**CONFIG, "lora_r": 16})
 
 
-def test_job_needs_a_registered_dataset(registry: Registry) -> None:
+def test_job_needs_a_registered_dataset(registry: Registry, add_job: JobFactory) -> None:
     with pytest.raises(RegistryError, match=r"job 'job-1': dataset_id 'missing' is not registered"):
         add_job(registry, "job-1", dataset_id="missing")
 
 
-def test_identical_submission_finds_the_succeeded_run(dataset_registry: Registry) -> None:
+def test_identical_submission_finds_the_succeeded_run(
+    dataset_registry: Registry, add_job: JobFactory
+) -> None:
     first = add_job(dataset_registry, "job-1")
     assert dataset_registry.find_succeeded_job(first.config_hash) is None  # queued is not reusable
     dataset_registry.update_job("job-1", status="failed", error="CUDA out of memory")
@@ -82,7 +94,7 @@ def test_identical_submission_finds_the_succeeded_run(dataset_registry: Registry
     assert dataset_registry.find_succeeded_job(job_config_hash("lora", CONFIG, OTHER_SHA, DATASET_ID)) is None
 
 
-def test_most_recent_success_wins(dataset_registry: Registry) -> None:
+def test_most_recent_success_wins(dataset_registry: Registry, add_job: JobFactory) -> None:
     for job_id in ("job-1", "job-2"):
         add_job(dataset_registry, job_id)
     dataset_registry.update_job("job-2", status="succeeded")
@@ -92,7 +104,7 @@ def test_most_recent_success_wins(dataset_registry: Registry) -> None:
     assert found is not None and found.id == "job-1"
 
 
-def test_update_job_changes_progress_fields(dataset_registry: Registry) -> None:
+def test_update_job_changes_progress_fields(dataset_registry: Registry, add_job: JobFactory) -> None:
     created = add_job(dataset_registry, "job-1")
     time.sleep(0.01)
     updated = dataset_registry.update_job(
@@ -116,7 +128,7 @@ INVALID_UPDATES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-def test_update_job_validates(dataset_registry: Registry) -> None:
+def test_update_job_validates(dataset_registry: Registry, add_job: JobFactory) -> None:
     created = add_job(dataset_registry, "job-1")
     for fields, message in INVALID_UPDATES:
         with pytest.raises(RegistryError, match=message):
@@ -131,7 +143,9 @@ def test_unknown_job_is_a_registry_error(registry: Registry) -> None:
         registry.update_job("nope", status="running")
 
 
-def test_metrics_are_logged_per_step_and_read_back_in_order(dataset_registry: Registry) -> None:
+def test_metrics_are_logged_per_step_and_read_back_in_order(
+    dataset_registry: Registry, add_job: JobFactory
+) -> None:
     add_job(dataset_registry, "job-1")
     for step in (2, 0, 1):
         dataset_registry.log_metrics("job-1", step, {"loss": 3.0 - step, "lr": 1e-4 * step})
@@ -148,7 +162,9 @@ def test_metrics_are_logged_per_step_and_read_back_in_order(dataset_registry: Re
     assert all(isinstance(m, Metric) and m.job_id == "job-1" for m in curve)
 
 
-def test_a_resumed_job_relogging_a_step_replaces_the_value(dataset_registry: Registry) -> None:
+def test_a_resumed_job_relogging_a_step_replaces_the_value(
+    dataset_registry: Registry, add_job: JobFactory
+) -> None:
     add_job(dataset_registry, "job-1")
     dataset_registry.log_metrics("job-1", 10, {"loss": 2.5})
     dataset_registry.log_metrics("job-1", 10, {"loss": 2.4, "grad_norm": 0.7})  # after preemption
@@ -158,7 +174,7 @@ def test_a_resumed_job_relogging_a_step_replaces_the_value(dataset_registry: Reg
     ]
 
 
-def test_metrics_of_one_job_do_not_leak_into_another(dataset_registry: Registry) -> None:
+def test_metrics_of_one_job_do_not_leak_into_another(dataset_registry: Registry, add_job: JobFactory) -> None:
     add_job(dataset_registry, "job-1")
     add_job(dataset_registry, "job-2", config={"learning_rate": 1e-3})
     dataset_registry.log_metrics("job-1", 0, {"loss": 1.0})
@@ -182,7 +198,7 @@ BAD_METRICS: list[tuple[str, int, dict[str, Any], str]] = [
 ]
 
 
-def test_log_metrics_rejects_bad_input(dataset_registry: Registry) -> None:
+def test_log_metrics_rejects_bad_input(dataset_registry: Registry, add_job: JobFactory) -> None:
     add_job(dataset_registry, "job-1")
     for job_id, step, metrics, message in BAD_METRICS:
         with pytest.raises(RegistryError, match=message):
@@ -190,7 +206,7 @@ def test_log_metrics_rejects_bad_input(dataset_registry: Registry) -> None:
     assert dataset_registry.metrics("job-1") == []
 
 
-def test_log_metrics_is_cheap_enough_for_every_step(dataset_registry: Registry) -> None:
+def test_log_metrics_is_cheap_enough_for_every_step(dataset_registry: Registry, add_job: JobFactory) -> None:
     # Budget: a training step of the tiny CPU model takes tens of milliseconds; logging four
     # scalars must stay well below that. Measured on the shared 2-core dev machine: ~1.3 ms on
     # SQLite (WAL) and 3-4 ms on PostgreSQL (asynchronous commit; 17.6 ms without). The bound

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-from registry_factories import BASE_SHA, DATASET_ID, add_dataset, add_job, add_model
+from fineplat.registry import DatasetArtifact, Job, ModelArtifact, Registry
 
-from fineplat.registry import Registry
+BASE_SHA = "b" * 64  # the factories' base model SHA (conftest.py)
+DATASET_ID = "d" * 64  # the factories' dataset content hash (conftest.py)
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
+JobFactory = Callable[..., Job]  # the add_job fixture (conftest.py)
+ModelFactory = Callable[..., ModelArtifact]  # the add_model fixture (conftest.py)
 
 
-def test_lineage_names_base_model_dataset_job_evaluation_and_stages(registry: Registry) -> None:
+def test_lineage_names_base_model_dataset_job_evaluation_and_stages(
+    registry: Registry, add_dataset: DatasetFactory, add_job: JobFactory, add_model: ModelFactory
+) -> None:
     add_dataset(registry, dataset_id="old", name="support-chat")
     dataset = add_dataset(registry, name="support-chat")  # version 2 is the one trained on
     job = add_job(registry, "job-1", dagster_run_id="run-abc", mlflow_run_id="mlf-1")
@@ -62,7 +69,9 @@ def test_lineage_names_base_model_dataset_job_evaluation_and_stages(registry: Re
     json.dumps(registry.lineage(model.id))  # JSON-ready as returned: Dagster metadata and the CLI embed it
 
 
-def test_lineage_of_a_model_without_a_job(registry: Registry) -> None:
+def test_lineage_of_a_model_without_a_job(
+    registry: Registry, add_dataset: DatasetFactory, add_model: ModelFactory
+) -> None:
     add_dataset(registry)
     model = add_model(registry, "imported", job_id=None)
     lineage = registry.lineage(model.id)

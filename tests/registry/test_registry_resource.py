@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from registry_factories import add_dataset
 
 from fineplat.registry import Registry
 from fineplat_resources.registry import RegistryResource
@@ -16,7 +15,9 @@ from fineplat_resources.registry import RegistryResource
 @dg.asset
 def registered_dataset(registry: RegistryResource) -> dg.MaterializeResult:
     """A stand-in for the real dataset asset: registers one version through the resource."""
-    dataset = add_dataset(registry.get_registry())
+    dataset = registry.get_registry().register_dataset(
+        "d" * 64, "support-chat", "file:///objects/datasets/d.parquet", row_count=1000, schema_kind="chat"
+    )
     return dg.MaterializeResult(metadata={"dataset_version": dataset.version})
 
 

@@ -4,18 +4,24 @@ database itself (not only the Python code) refuses rows without lineage."""
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from registry_factories import BASE_SHA, DATASET_ID, add_dataset, add_job, add_model
 from setuptools import find_namespace_packages
 
 from fineplat.errors import RegistryError
-from fineplat.registry import Registry, head_revision
+from fineplat.registry import DatasetArtifact, Job, ModelArtifact, Registry, head_revision
 from fineplat.registry.models import Base
+
+BASE_SHA = "b" * 64  # the factories' base model SHA (conftest.py)
+DATASET_ID = "d" * 64  # the factories' dataset content hash (conftest.py)
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
+JobFactory = Callable[..., Job]  # the add_job fixture (conftest.py)
+ModelFactory = Callable[..., ModelArtifact]  # the add_model fixture (conftest.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"dataset_artifacts", "training_jobs", "model_artifacts", "run_metrics", "stage_transitions"}
@@ -30,7 +36,9 @@ def test_migrate_creates_every_table_on_an_empty_database(registry_url: str) -> 
     registry.close()
 
 
-def test_migrate_is_idempotent_and_keeps_data(registry: Registry, registry_url: str) -> None:
+def test_migrate_is_idempotent_and_keeps_data(
+    registry: Registry, registry_url: str, add_dataset: DatasetFactory
+) -> None:
     add_dataset(registry)
     assert registry.migrate() == "0001"
     assert Registry(registry_url).migrate() == "0001"
@@ -79,7 +87,9 @@ def test_unmigrated_database_gives_an_instruction(registry_url: str) -> None:
     registry.close()
 
 
-def test_database_rejects_a_model_without_lineage(registry: Registry, registry_url: str) -> None:
+def test_database_rejects_a_model_without_lineage(
+    registry: Registry, registry_url: str, add_dataset: DatasetFactory
+) -> None:
     add_dataset(registry)
     for column in ("base_model_sha", "dataset_id"):
         _assert_not_null_enforced(registry_url, column)
@@ -115,7 +125,9 @@ def _assert_not_null_enforced(registry_url: str, column: str) -> None:
     engine.dispose()
 
 
-def test_database_rejects_a_model_whose_dataset_is_not_registered(registry: Registry) -> None:
+def test_database_rejects_a_model_whose_dataset_is_not_registered(
+    registry: Registry, add_dataset: DatasetFactory
+) -> None:
     # Through the registry's own engine: on SQLite, foreign keys need the per-connection pragma it sets.
     add_dataset(registry)
     insert = sa.text(
@@ -130,7 +142,9 @@ def test_database_rejects_a_model_whose_dataset_is_not_registered(registry: Regi
         connection.execute(insert)
 
 
-def test_database_allows_one_production_model_per_name(registry: Registry) -> None:
+def test_database_allows_one_production_model_per_name(
+    registry: Registry, add_dataset: DatasetFactory, add_job: JobFactory, add_model: ModelFactory
+) -> None:
     add_dataset(registry)
     add_job(registry)
     first = add_model(registry, uri="file:///v1")
@@ -142,7 +156,9 @@ def test_database_allows_one_production_model_per_name(registry: Registry) -> No
         connection.execute(update, {"id": second.id})
 
 
-def test_database_rejects_an_unknown_stage(registry: Registry) -> None:
+def test_database_rejects_an_unknown_stage(
+    registry: Registry, add_dataset: DatasetFactory, add_job: JobFactory, add_model: ModelFactory
+) -> None:
     add_dataset(registry)
     add_job(registry)
     model = add_model(registry)

@@ -3,12 +3,17 @@ previous one kept as a rollback target, and an audit log of every change."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import sqlalchemy as sa
-from registry_factories import add_dataset, add_job, add_model
 
 from fineplat.errors import RegistryError
-from fineplat.registry import ModelArtifact, Registry
+from fineplat.registry import DatasetArtifact, Job, ModelArtifact, Registry
+
+DatasetFactory = Callable[..., DatasetArtifact]  # the add_dataset fixture (conftest.py)
+JobFactory = Callable[..., Job]  # the add_job fixture (conftest.py)
+ModelFactory = Callable[..., ModelArtifact]  # the add_model fixture (conftest.py)
 
 STAGES = ("dev", "staging", "production", "archived")
 # The specification, written out rather than imported from the code under test.
@@ -29,25 +34,32 @@ PATH_TO = {
 
 
 @pytest.fixture
-def job_registry(registry: Registry) -> Registry:
+def job_registry(registry: Registry, add_dataset: DatasetFactory, add_job: JobFactory) -> Registry:
     add_dataset(registry)
     add_job(registry, "job-1")
     return registry
 
 
-def _model_in(
-    registry: Registry, stage: str, name: str = "support-bot", uri: str = "file:///a"
-) -> ModelArtifact:
-    model = add_model(registry, name, uri=uri)
-    for step in PATH_TO[stage]:
-        model = registry.transition(model.id, step)
-    assert model.stage == stage
-    return model
+ModelInStage = Callable[..., ModelArtifact]
 
 
-def test_legal_transitions(job_registry: Registry) -> None:
+@pytest.fixture
+def model_in(job_registry: Registry, add_model: ModelFactory) -> ModelInStage:
+    """`model_in(stage, name=..., uri=...)`: a gated model moved to `stage` along the legal path."""
+
+    def make(stage: str, name: str = "support-bot", uri: str = "file:///a") -> ModelArtifact:
+        model = add_model(job_registry, name, uri=uri)
+        for step in PATH_TO[stage]:
+            model = job_registry.transition(model.id, step)
+        assert model.stage == stage
+        return model
+
+    return make
+
+
+def test_legal_transitions(job_registry: Registry, model_in: ModelInStage) -> None:
     for index, (from_stage, to_stage) in enumerate(sorted(LEGAL)):
-        model = _model_in(job_registry, from_stage, uri=f"file:///legal-{index}")
+        model = model_in(from_stage, uri=f"file:///legal-{index}")
         moved = job_registry.transition(model.id, to_stage, actor="alice", reason="looks good")
         assert (moved.stage, job_registry.get_model(model.id).stage) == (to_stage, to_stage), (
             from_stage,
@@ -62,10 +74,10 @@ def test_legal_transitions(job_registry: Registry) -> None:
         )
 
 
-def test_illegal_transitions_are_refused(job_registry: Registry) -> None:
+def test_illegal_transitions_are_refused(job_registry: Registry, model_in: ModelInStage) -> None:
     illegal = sorted({(a, b) for a in STAGES for b in STAGES} - LEGAL)
     assert len(illegal) == 10  # dev->production, same-stage moves, staging->dev, production->dev, archived->*
-    models = {stage: _model_in(job_registry, stage, uri=f"file:///{stage}") for stage in STAGES}
+    models = {stage: model_in(stage, uri=f"file:///{stage}") for stage in STAGES}
     histories = {stage: job_registry.stage_history(model.id) for stage, model in models.items()}
     for from_stage, to_stage in illegal:
         model = models[from_stage]
@@ -78,13 +90,15 @@ def test_illegal_transitions_are_refused(job_registry: Registry) -> None:
         assert job_registry.stage_history(model.id) == histories[stage]  # nothing logged
 
 
-def test_archived_is_terminal_and_says_so(job_registry: Registry) -> None:
-    model = _model_in(job_registry, "archived")
+def test_archived_is_terminal_and_says_so(job_registry: Registry, model_in: ModelInStage) -> None:
+    model = model_in("archived")
     with pytest.raises(RegistryError, match=r"it may move to nothing \(archived is final\)"):
         job_registry.transition(model.id, "dev")
 
 
-def test_only_models_that_passed_the_gates_enter_staging_or_production(job_registry: Registry) -> None:
+def test_only_models_that_passed_the_gates_enter_staging_or_production(
+    job_registry: Registry, add_model: ModelFactory
+) -> None:
     model = add_model(job_registry, gates_passed=False, eval_results={"safety_violations": 3})
     with pytest.raises(
         RegistryError, match=r"did not pass its evaluation gates, so it cannot enter staging.*safety_viol"
@@ -102,7 +116,7 @@ def test_only_models_that_passed_the_gates_enter_staging_or_production(job_regis
     assert job_registry.transition(model.id, "archived").stage == "archived"  # archiving is never gated
 
 
-def test_unknown_stage_is_refused(job_registry: Registry) -> None:
+def test_unknown_stage_is_refused(job_registry: Registry, add_model: ModelFactory) -> None:
     model = add_model(job_registry)
     with pytest.raises(
         RegistryError, match=r"to_stage must be one of dev, staging, production, archived; got 'live'"
@@ -110,10 +124,12 @@ def test_unknown_stage_is_refused(job_registry: Registry) -> None:
         job_registry.transition(model.id, "live")
 
 
-def test_promotion_demotes_the_previous_production_model_to_staging(job_registry: Registry) -> None:
-    v1 = _model_in(job_registry, "production", uri="file:///v1")
-    other = _model_in(job_registry, "production", name="sql-bot", uri="file:///s1")
-    v2 = _model_in(job_registry, "staging", uri="file:///v2")
+def test_promotion_demotes_the_previous_production_model_to_staging(
+    job_registry: Registry, model_in: ModelInStage
+) -> None:
+    v1 = model_in("production", uri="file:///v1")
+    other = model_in("production", name="sql-bot", uri="file:///s1")
+    v2 = model_in("staging", uri="file:///v2")
     promoted = job_registry.transition(v2.id, "production", actor="alice")
     assert promoted.stage == "production"
     assert job_registry.get_model(v1.id).stage == "staging"  # rollback target, not archived
@@ -124,9 +140,11 @@ def test_promotion_demotes_the_previous_production_model_to_staging(job_registry
     assert [m.id for m in job_registry.list_models(stage="production", name="support-bot")] == [v2.id]
 
 
-def test_rollback_by_promoting_the_previous_version_again(job_registry: Registry) -> None:
-    v1 = _model_in(job_registry, "production", uri="file:///v1")
-    v2 = _model_in(job_registry, "staging", uri="file:///v2")
+def test_rollback_by_promoting_the_previous_version_again(
+    job_registry: Registry, model_in: ModelInStage
+) -> None:
+    v1 = model_in("production", uri="file:///v1")
+    v2 = model_in("staging", uri="file:///v2")
     job_registry.transition(v2.id, "production")
     job_registry.transition(v1.id, "production", reason="v2 regressed")
     assert (job_registry.get_model(v1.id).stage, job_registry.get_model(v2.id).stage) == (
@@ -135,7 +153,7 @@ def test_rollback_by_promoting_the_previous_version_again(job_registry: Registry
     )
 
 
-def test_audit_log_records_every_change_in_order(job_registry: Registry) -> None:
+def test_audit_log_records_every_change_in_order(job_registry: Registry, add_model: ModelFactory) -> None:
     model = add_model(job_registry)
     job_registry.transition(model.id, "staging", actor="ci", reason="gates passed")
     job_registry.transition(model.id, "production", actor="alice", reason="ticket 42")

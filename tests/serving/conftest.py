@@ -53,7 +53,7 @@ def make_lora_adapter(base_dir: Path, out_dir: Path, target_modules: list[str], 
         for name, param in sorted(peft_model.named_parameters()):
             if "lora_A" in name or "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * LORA_WEIGHT_STD)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(str(out_dir))
     return out_dir
 
 

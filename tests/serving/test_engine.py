@@ -268,3 +268,18 @@ def test_adapters_load_and_unload_while_requests_are_served(
     assert errors == []
     assert outputs == [expected] * 8
     assert [card.name for card in reference_engine.adapters()] == ["support-v1", "legal.v2"]
+
+
+def test_streamed_pieces_arrive_before_the_result_and_add_up_to_its_text(
+    reference_engine: MultiLoraEngine,
+) -> None:
+    pieces: list[str] = []
+    request = greedy("legal.v2", max_tokens=16)
+    (expected,) = reference_engine.generate([request])
+
+    future = reference_engine.submit(request, on_text=pieces.append)
+    result = future.result(timeout=60)
+
+    assert result == expected
+    assert "".join(pieces) == expected.text
+    assert len(pieces) > 1

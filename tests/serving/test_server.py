@@ -8,12 +8,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from fineplat.serving import EmbeddedServingPool, ModelNotFoundError, ServingPoolClient
 from fineplat.serving.engine import GenerationRequest, MultiLoraEngine
 
 PROMPT = "The quick brown fox"
-MESSAGES = [{"role": "user", "content": "What is a fox?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is a fox?"}]
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_openai_chat_completions_match_the_engine_for_base_and_adapter(
     )
 
     responses = [
-        openai_client.chat.completions.create(model=m, messages=MESSAGES, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+        openai_client.chat.completions.create(model=m, messages=MESSAGES, max_tokens=12, temperature=0)
         for m in models
     ]
 
@@ -118,7 +119,7 @@ def test_an_unknown_model_is_a_404_for_the_openai_client(openai_client: openai.O
 
     assert raised.value.status_code == 404
     assert raised.value.response.json() == error_body(
-        404, "The model `no-such-adapter` does not exist.", "NotFoundError"
+        404, "The model `no-such-adapter` does not exist.", "NotFoundError", "model"
     )
 
 
@@ -154,6 +155,23 @@ def test_loading_a_name_twice_is_a_400_and_keeps_the_first_adapter(
         400, "The lora adapter 'support-v1' has already been loaded.", "InvalidUserInput", "lora_name"
     )
     assert pool_client.complete("support-v1", PROMPT, max_tokens=6) == before
+
+
+def test_loading_in_place_is_refused_because_names_are_unique_per_version(
+    serving_pool: EmbeddedServingPool, lora_adapters: dict[str, Path]
+) -> None:
+    body = {"lora_name": "support-v1", "lora_path": str(lora_adapters["support-v1"]), "load_inplace": True}
+
+    response = httpx.post(f"{serving_pool.url}/v1/load_lora_adapter", json=body)
+
+    assert response.status_code == 400
+    assert response.json() == error_body(
+        400,
+        "load_inplace is not supported: adapter names are unique per version; load the new version under a new "
+        "name and unload the old one.",
+        "BadRequestError",
+        "load_inplace",
+    )
 
 
 def test_unloading_an_unknown_adapter_is_a_404(serving_pool: EmbeddedServingPool) -> None:
@@ -287,7 +305,7 @@ def test_streamed_chat_deltas_add_up_to_the_unstreamed_reply_and_stop_strings_ho
             max_tokens=20,
             temperature=0,
             stop=[stop],
-            stream=True,  # type: ignore[arg-type]
+            stream=True,
         )
     )
 

@@ -1,0 +1,107 @@
+"""The adapter asset through the real local launcher (a Pipes subprocess): a preemption (a real
+SIGTERM from the spot-interruption drill) becomes a Dagster retry that resumes from the emergency
+checkpoint; a NaN loss fails once, without retry, with the step in the error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from dagster import AssetKey, DagsterEventType, instance_for_test, materialize
+from safetensors.torch import load_file, save_file
+
+from fineplat.basemodel import BaseModelInfo, resolve_base_model
+from fineplat.demo.dataset import task_row
+from fineplat.ingestion import dataset_version_id, write_parquet
+from fineplat.registry import Registry
+from fineplat.settings import paths
+from fineplat.storage import LocalObjectStore
+from fineplat.submission import JobSpec, job_id_for, write_job_spec
+from fineplat.training.config import TrainConfig
+from fineplat_assets.resources import build_resources
+from fineplat_assets.training.assets import adapter, training_data
+from fineplat_resources.launcher import ComputeLauncher
+
+CONFIG = dict(method="lora", max_steps=8, batch_size=4, checkpoint_interval=100, learning_rate_multiplier=10.0, lora_rank=4, lora_alpha=8, max_seq_len=128)
+
+
+def _register_dataset(rows: int = 80) -> str:
+    import hashlib
+    import json
+    import random
+
+    import polars as pl
+
+    rng = random.Random(5)
+    records = [json.dumps(task_row(rng)) for _ in range(rows)]
+    frame = pl.DataFrame(
+        {
+            "line": list(range(1, rows + 1)),
+            "source": ["test.jsonl"] * rows,
+            "kind": ["chat"] * rows,
+            "record": records,
+            "text": records,
+            "content_hash": [hashlib.sha256(r.encode()).hexdigest() for r in records],
+        }
+    )
+    dataset_id = dataset_version_id(frame)
+    store = LocalObjectStore(paths().objects)
+    with store.writing(f"datasets/by-id/{dataset_id}") as out:
+        write_parquet(frame, out / "rows.parquet")
+    registry = Registry(paths().registry_url)
+    registry.migrate()
+    registry.register_dataset(dataset_id, "router", store.uri(f"datasets/by-id/{dataset_id}"), row_count=rows, schema_kind="messages")
+    return dataset_id
+
+
+def _submit(base_model: str, dataset_id: str, sha: str) -> str:
+    config = TrainConfig(**CONFIG)
+    job_id = job_id_for("router", dataset_id, sha, config)
+    write_job_spec(LocalObjectStore(paths().objects), JobSpec(job_id, "router", dataset_id, base_model, config.model_dump(mode="json")))
+    return job_id
+
+
+def test_preemption_is_retried_and_resumes(fineplat_home: Path, tiny_base_model: BaseModelInfo) -> None:
+    dataset_id = _register_dataset()
+    job_id = _submit(str(tiny_base_model.path), dataset_id, tiny_base_model.sha)
+    resources = {**build_resources(), "launcher": ComputeLauncher(chaos_preempt_at_step=3)}
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("finetune_jobs", [job_id])
+        result = materialize([training_data, adapter], partition_key=job_id, instance=instance, resources=resources)
+        assert result.success
+        retries = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+        assert len(retries) == 1
+        meta = result.asset_materializations_for_node("adapter")[0].metadata
+        assert meta["attempts"].value == 2
+        assert meta["resumed_from_step"].value == 3
+        assert meta["steps"].value == CONFIG["max_steps"]
+    registry = Registry(paths().registry_url)
+    job = registry.get_job(job_id)
+    assert job.status == "succeeded" and job.attempts == 2
+    # every step reported exactly once across both attempts: nothing lost, nothing repeated
+    assert [m.step for m in registry.metrics(job_id, "loss")] == list(range(1, CONFIG["max_steps"] + 1))
+
+
+def test_nan_loss_fails_without_retry(fineplat_home: Path, tiny_base_model: BaseModelInfo, tmp_path: Path) -> None:
+    broken = tmp_path / "nan-base"
+    shutil.copytree(tiny_base_model.path, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    name = next(k for k in weights if k.endswith("norm.weight"))
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    dataset_id = _register_dataset()
+    job_id = _submit(str(broken), dataset_id, resolve_base_model(str(broken)).sha)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("finetune_jobs", [job_id])
+        result = materialize(
+            [training_data, adapter], partition_key=job_id, instance=instance, resources=build_resources(), raise_on_error=False
+        )
+        assert not result.success
+        assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+        failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+        assert "step 1: loss is nan" in str(failure.event_specific_data.error.message)  # type: ignore[union-attr]
+        assert instance.get_latest_materialization_event(AssetKey("adapter")) is None
+    job = Registry(paths().registry_url).get_job(job_id)
+    assert job.status == "failed" and "step 1" in (job.error or "")
