@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fineplat.demo
+	$(PY) -m fineplat_assets.demo
 
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)

@@ -111,7 +111,12 @@ def timed_saves(
         )
         started = time.perf_counter()
         ckpt.save_checkpoint(
-            root, model=model, optimizer=optimizer, scheduler=scheduler, state=state, keep=config.keep_checkpoints
+            root,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            keep=config.keep_checkpoints,
         )
         seconds.append(time.perf_counter() - started)
     return seconds
@@ -123,7 +128,12 @@ def directory_bytes(path: Path) -> int:
 
 
 def measure_round(
-    config: TrainConfig, step_config: TrainConfig, base: BaseModelInfo, data_dir: Path, workdir: Path, saves: int
+    config: TrainConfig,
+    step_config: TrainConfig,
+    base: BaseModelInfo,
+    data_dir: Path,
+    workdir: Path,
+    saves: int,
 ) -> MethodRound:
     """Step time, save time and validation time for one method, back to back."""
     step_seconds = measure_step_seconds(step_config, base, data_dir, workdir)
@@ -187,13 +197,19 @@ def probe_bytes_per_second(params: int, workdir: Path) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure both methods over interleaved rounds and print the overhead ratios."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run (one round, few steps)")
     parser.add_argument("--examples", type=int, default=None, help=f"rows to generate ({DEFAULT_EXAMPLES})")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (3; quick: 1)")
     parser.add_argument("--steps", type=int, default=None, help="steps timed per round (12; quick: 3)")
-    parser.add_argument("--in-situ", action="store_true", help="also time a real loop with frequent checkpoints")
-    parser.add_argument("--probe-params", type=float, default=0, help="synthetic state size for bytes/s (e.g. 25e6)")
+    parser.add_argument(
+        "--in-situ", action="store_true", help="also time a real loop with frequent checkpoints"
+    )
+    parser.add_argument(
+        "--probe-params", type=float, default=0, help="synthetic state size for bytes/s (e.g. 25e6)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--workdir", type=Path, default=None, help="where model, data and checkpoints go")
     args = parser.parse_args(argv)
@@ -265,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if args.probe_params:
             rate, size = probe_bytes_per_second(int(args.probe_params), workdir)
-            print(f"checkpoint path throughput: {rate / 1e6:.0f} MB/s on a {size / 1e9:.2f} GB full-state checkpoint")
+            print(
+                f"checkpoint path throughput: {rate / 1e6:.0f} MB/s on a {size / 1e9:.2f} GB full-state checkpoint"
+            )
             for billions in (1, 8):
                 state_bytes = billions * 1e9 * 12  # fp32 weights + two fp32 AdamW moments
                 print(

@@ -232,6 +232,8 @@ class LoopClock:
 
     started: float | None = None
     last_step_end: float | None = None
+    cpu_started: float = 0.0
+    cpu_last_step_end: float = 0.0
     step_times: list[float] = field(default_factory=list)
     step_tokens_per_second: list[float] = field(default_factory=list)
 
@@ -240,11 +242,13 @@ class LoopClock:
             now = time.perf_counter()
             self.step_times.append(now - (self.last_step_end or self.started or now))
             self.last_step_end = now
+            self.cpu_last_step_end = time.process_time()
             self.step_tokens_per_second.append(metrics["tokens_per_second"])
 
     def status(self, status: str, step: int) -> None:
         if status == "running" and self.started is None:
             self.started = time.perf_counter()
+            self.cpu_started = time.process_time()
 
     @property
     def loop_seconds(self) -> float:
@@ -252,21 +256,33 @@ class LoopClock:
             raise RuntimeError("the training loop did not run a step")
         return self.last_step_end - self.started
 
+    @property
+    def loop_cpu_seconds(self) -> float:
+        return self.cpu_last_step_end - self.cpu_started
+
 
 @dataclass
 class Throughput:
-    """One measured training run: effective (non-padding) tokens over the loop's wall time."""
+    """One measured training run: effective (non-padding) tokens over the loop's wall time, and
+    over the CPU time the process consumed in it. On a shared machine wall time also counts the
+    time other people's jobs held the cores; with one torch thread, CPU time counts only this
+    run's own work, so it is the steadier of the two (both are printed)."""
 
     name: str
     tokens: int
     seconds: float
     steps: int
+    cpu_seconds: float
     step_seconds: list[float] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def tokens_per_cpu_second(self) -> float:
+        return self.tokens / self.cpu_seconds
 
 
 def run_fineplat(
@@ -289,6 +305,7 @@ def run_fineplat(
         tokens,
         clock.loop_seconds,
         result.steps,
+        clock.loop_cpu_seconds,
         clock.step_times,
         {"packing_efficiency": result.packing_efficiency, "final_loss": result.final_loss},
     )
@@ -313,27 +330,52 @@ def interleave(runners: dict[str, Callable[[], Throughput]], repeats: int) -> di
             results[name].append(measured)
             print(
                 f"  round {round_index + 1} {name:<28} {measured.tokens_per_second:>10,.0f} tok/s "
-                f"({measured.tokens} tokens, {measured.steps} steps, {measured.seconds:.2f} s)",
+                f"{measured.tokens_per_cpu_second:>10,.0f} tok/CPU-s ({measured.tokens} tokens, "
+                f"{measured.steps} steps, {measured.seconds:.2f} s, CPU {measured.cpu_seconds:.2f} s)",
                 flush=True,
             )
     return results
 
 
-def median_rate(runs: list[Throughput]) -> float:
-    """Median effective tokens/s over repeated runs."""
-    return statistics.median(r.tokens_per_second for r in runs)
+def _rate(run: Throughput, cpu: bool) -> float:
+    return run.tokens_per_cpu_second if cpu else run.tokens_per_second
 
 
-def spread(runs: list[Throughput]) -> str:
-    """min-max of the repeats as a percentage of the median (the noise of the measurement)."""
-    rates = [r.tokens_per_second for r in runs]
+def median_rate(runs: list[Throughput], cpu: bool = False) -> float:
+    """Median effective tokens per second (wall clock, or CPU time with `cpu`) over the repeats."""
+    return statistics.median(_rate(r, cpu) for r in runs)
+
+
+def spread(runs: list[Throughput], cpu: bool = False) -> str:
+    """Half the min-max range of the repeats as a percentage of their median: the run-to-run noise."""
+    rates = [_rate(r, cpu) for r in runs]
     middle = statistics.median(rates)
     return f"±{(max(rates) - min(rates)) / 2 / middle * 100:.0f}%" if len(rates) > 1 else "single run"
 
 
-def paired_ratios(numerator: list[Throughput], denominator: list[Throughput]) -> list[float]:
+def paired_ratios(
+    numerator: list[Throughput], denominator: list[Throughput], cpu: bool = False
+) -> list[float]:
     """Per-round ratios (the rounds ran back to back, so each pair saw similar load)."""
-    return [a.tokens_per_second / b.tokens_per_second for a, b in zip(numerator, denominator, strict=True)]
+    return [_rate(a, cpu) / _rate(b, cpu) for a, b in zip(numerator, denominator, strict=True)]
+
+
+def report(results: dict[str, list[Throughput]]) -> None:
+    """The per-contender summary: median wall-clock and CPU-time rates with their noise."""
+    for name, runs in results.items():
+        print(
+            f"{name:<36} median {median_rate(runs):>9,.0f} effective tok/s ({spread(runs)} across rounds), "
+            f"{median_rate(runs, cpu=True):>9,.0f} per CPU-second ({spread(runs, cpu=True)})"
+        )
+
+
+def ratio_lines(name: str, numerator: list[Throughput], denominator: list[Throughput]) -> float:
+    """Print the wall-clock ratio line and its CPU-time twin (`<name>_cpu_time`); return the
+    wall-clock median ratio, the headline number."""
+    wall = paired_ratios(numerator, denominator)
+    print(ratio_line(name, wall))
+    print(ratio_line(f"{name}_cpu_time", paired_ratios(numerator, denominator, cpu=True)))
+    return statistics.median(wall)
 
 
 def ratio_line(name: str, ratios: list[float]) -> str:

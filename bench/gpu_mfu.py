@@ -61,11 +61,11 @@ from fineplat.training.trainer import lm_loss_sum, lora_config, to_device
 # Dense (non-sparse) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s. Matched by substring
 # of torch.cuda.get_device_name(), most specific first.
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("GH200", 989.0),  # Grace Hopper: H100-class compute
     ("H200", 989.0),  # H200 SXM datasheet (same compute as H100 SXM)
     ("H100 PCIe", 756.0),  # H100 PCIe datasheet
     ("H100 NVL", 835.0),  # H100 NVL datasheet
     ("H100", 989.0),  # H100 SXM5 datasheet
-    ("GH200", 989.0),
     ("B200", 2250.0),  # B200 datasheet, dense
     ("A100", 312.0),  # A100 datasheet (SXM and PCIe)
     ("L40S", 362.0),  # L40S datasheet, dense
@@ -114,7 +114,9 @@ class Measurement:
     peak_memory_gb: float
 
 
-def peak_bf16_flops(device: torch.device, dtype: torch.dtype, override_tflops: float | None) -> tuple[float, str]:
+def peak_bf16_flops(
+    device: torch.device, dtype: torch.dtype, override_tflops: float | None
+) -> tuple[float, str]:
     """Peak FLOP/s for MFU and where the number comes from."""
     if override_tflops:
         return override_tflops * 1e12, "--peak-tflops"
@@ -261,20 +263,28 @@ def measure(
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     print(
         f"  {method}: N={base / 1e6:,.1f}M (non-embedding), N_lora={adapter / 1e6:,.2f}M, "
-        f"{per_token / 1e9:.3f} GFLOP/token, step {statistics.median(durations) * 1000:.1f} ms",
+        f"{per_token:.4g} FLOP/token, step {statistics.median(durations) * 1000:.1f} ms",
         flush=True,
     )
     del model, train_model, optimizer, trainable
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Measurement(
-        method, tokens_per_second, per_token, achieved / 1e12, achieved / peak, statistics.median(durations), memory
+        method,
+        tokens_per_second,
+        per_token,
+        achieved / 1e12,
+        achieved / peak,
+        statistics.median(durations),
+        memory,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure SFT and/or LoRA and print tokens/s and MFU."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dry-run", action="store_true", help="tiny config on CPU (the same code path)")
     parser.add_argument("--quick", action="store_true", help="alias of --dry-run (the smoke tests' flag)")
     parser.add_argument("--method", choices=["sft", "lora", "both"], default="both")
@@ -284,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--median-tokens", type=int, default=None, help="median example length (400)")
     parser.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa"], default="auto")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak bf16 TFLOP/s")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (not the default path)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (not the default path)"
+    )
     args = parser.parse_args(argv)
     dry = args.dry_run or args.quick
 
@@ -318,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     methods = ["sft", "lora"] if args.method == "both" else [args.method]
     results = [
-        measure(m, shape, device, dtype, attn, data, batch_size, warmup, steps, peak, args.compile) for m in methods
+        measure(m, shape, device, dtype, attn, data, batch_size, warmup, steps, peak, args.compile)
+        for m in methods
     ]
     print()
     for r in results:

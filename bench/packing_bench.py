@@ -20,7 +20,6 @@ Target (issue #3 item 8): packed >= 2x unpacked.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -28,13 +27,11 @@ from pathlib import Path
 from common import (
     build_bench_model,
     interleave,
-    median_rate,
-    paired_ratios,
     prepare_dataset,
-    ratio_line,
+    ratio_lines,
+    report,
     run_fineplat,
     set_threads,
-    spread,
 )
 
 from fineplat.packing.build import build_training_data
@@ -65,7 +62,9 @@ def unpacked_padding_efficiency(data_dir: Path, config: TrainConfig, pad_token_i
 
 def main(argv: list[str] | None = None) -> int:
     """Build both training-data layouts, run packed and unpacked interleaved, print the ratio."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small smoke run (one round, few rows)")
     parser.add_argument("--examples", type=int, default=None, help=f"rows to generate ({DEFAULT_EXAMPLES})")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (3; quick: 1)")
@@ -86,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             packing: TrainConfig(method=args.method, n_epochs=1, max_seq_len=MAX_SEQ_LEN, packing=packing)
             for packing in (True, False)
         }
-        dirs = {packing: workdir / f"data-{'packed' if packing else 'unpacked'}-{count}" for packing in configs}
+        dirs = {
+            packing: workdir / f"data-{'packed' if packing else 'unpacked'}-{count}" for packing in configs
+        }
         manifests = {
-            packing: build_training_data(rows, tokenizer, dirs[packing], max_seq_len=MAX_SEQ_LEN, packing=packing)
+            packing: build_training_data(
+                rows, tokenizer, dirs[packing], max_seq_len=MAX_SEQ_LEN, packing=packing
+            )
             for packing in configs
         }
         tokens = manifests[True].train_tokens
@@ -103,18 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         results = interleave(
             {
                 "packed": lambda: run_fineplat("packed", configs[True], base, dirs[True], workdir, tokens),
-                "unpacked": lambda: run_fineplat("unpacked", configs[False], base, dirs[False], workdir, tokens),
+                "unpacked": lambda: run_fineplat(
+                    "unpacked", configs[False], base, dirs[False], workdir, tokens
+                ),
             },
             repeats,
         )
         print()
-        for name, runs in results.items():
-            print(f"{name:<10} median {median_rate(runs):>10,.0f} effective tok/s  ({spread(runs)} across rounds)")
-        print(f"packing efficiency {manifests[True].packing_efficiency:.3f} (unpacked batches {padding_efficiency:.3f})")
-        ratios = paired_ratios(results["packed"], results["unpacked"])
-        print(ratio_line("packed/unpacked", ratios))
-        ratio = statistics.median(ratios)
-        print(f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'} packed >= {TARGET_RATIO}x unpacked ({ratio:.2f}x)")
+        report(results)
+        print(
+            f"packing efficiency {manifests[True].packing_efficiency:.3f} (unpacked batches {padding_efficiency:.3f})"
+        )
+        ratio = ratio_lines("packed/unpacked", results["packed"], results["unpacked"])
+        print(
+            f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'} packed >= {TARGET_RATIO}x unpacked ({ratio:.2f}x)"
+        )
     return 0
 
 

@@ -31,7 +31,6 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
 import sys
 import tempfile
 import time
@@ -43,12 +42,11 @@ from common import (
     build_bench_model,
     interleave,
     median_rate,
-    paired_ratios,
     prepare_dataset,
-    ratio_line,
+    ratio_lines,
+    report,
     run_fineplat,
     set_threads,
-    spread,
     train_split_examples,
 )
 
@@ -64,6 +62,7 @@ QUICK_EXAMPLES = 96
 # the required margin over it.
 LLAMA_FACTORY_BEST_TOKENS_PER_SECOND = 16_900
 REQUIRED_MARGIN = 1.15
+TRAINER_PEFT_ORIENTATION_TOKENS_PER_SECOND = 14_400  # plain Trainer + peft, same machine idle (issue #3)
 
 
 def trainer_peft_run(
@@ -85,13 +84,16 @@ def trainer_peft_run(
     class Clock(TrainerCallback):  # type: ignore[misc]
         started: float | None = None
         last_step_end: float | None = None
+        cpu_started = cpu_last_step_end = 0.0
         steps = 0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.started = time.perf_counter()
+            self.cpu_started = time.process_time()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.last_step_end = time.perf_counter()
+            self.cpu_last_step_end = time.process_time()
             self.steps += 1
 
     model = load_base_model(base.path)
@@ -132,7 +134,128 @@ def trainer_peft_run(
     if clock.started is None or clock.last_step_end is None:
         raise RuntimeError("Trainer ran no step")
     tokens = sum(len(e.input_ids) for e in examples)
-    return Throughput(name, tokens, clock.last_step_end - clock.started, clock.steps)
+    return Throughput(
+        name,
+        tokens,
+        clock.last_step_end - clock.started,
+        clock.steps,
+        clock.cpu_last_step_end - clock.cpu_started,
+    )
+
+
+def document_sdpa_prototype() -> Any:
+    """A context manager that, while open, makes transformers' "sdpa" attention attend within each
+    packed example only, instead of over the whole window through a dense block-diagonal mask.
+    A prototype of a trainer change, measured here and not shipped.
+
+    Why: sdpa with a [B, 1, T, T] mask computes all T x T scores of a 512-token window although
+    its ~5 examples need only the blocks on the diagonal (about a third of them here). Flash
+    attention's varlen kernel skips the rest on GPUs; CPU sdpa has no varlen kernel, and one sdpa
+    call per example costs more in call overhead than it saves. So the prototype gathers the batch's
+    examples into a few length buckets (each padded to its longest member, members within 30% of
+    it), runs one causal sdpa per bucket and scatters the outputs back."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv
+    from transformers.modeling_utils import AttentionInterface
+
+    original = AttentionInterface._global_mapping["sdpa"]
+    bucket_ratio = 0.7  # a new bucket starts below 70% of the current bucket's longest example
+
+    def plan(positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        flat = positions.flatten()
+        starts = (flat == 0).nonzero().flatten().tolist()
+        examples = sorted(
+            ((end - start, start) for start, end in zip(starts, [*starts[1:], flat.numel()], strict=True)),
+            reverse=True,
+        )
+        buckets: list[list[tuple[int, int]]] = []
+        for length, start in examples:
+            if not buckets or length < bucket_ratio * buckets[-1][0][0]:
+                buckets.append([])
+            buckets[-1].append((length, start))
+        out = []
+        for bucket in buckets:
+            steps = torch.arange(bucket[0][0], device=positions.device)
+            first = torch.tensor([s for _, s in bucket], device=positions.device)[:, None]
+            lengths = torch.tensor([n for n, _ in bucket], device=positions.device)[:, None]
+            gather = first + torch.minimum(
+                steps[None, :], lengths - 1
+            )  # right-pad by repeating the last token
+            valid = steps[None, :] < lengths
+            out.append((gather, valid, gather[valid]))
+        return out
+
+    def attention(
+        module: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        positions = kwargs.get("position_ids")
+        batch, heads, length, dim = query.shape
+        if (
+            positions is None
+            or length == 1
+            or key.shape[2] != length
+            or not bool((positions[:, 1:] == 0).any())
+        ):
+            return original(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        groups = getattr(module, "num_key_value_groups", 1)
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        q, k, v = (t.transpose(1, 2).reshape(batch * length, heads, dim) for t in (query, key, value))
+        output = q.new_zeros(batch * length, heads, dim)
+        for gather, valid, destination in plan(positions.expand(batch, -1)):
+            attended = F.scaled_dot_product_attention(
+                q[gather].transpose(1, 2),
+                k[gather].transpose(1, 2),
+                v[gather].transpose(1, 2),
+                dropout_p=dropout,
+                scale=scaling,
+                is_causal=True,
+            )
+            output = output.index_put((destination,), attended.transpose(1, 2)[valid])
+        return output.reshape(batch, length, heads, dim), None
+
+    @contextlib.contextmanager
+    def swapped() -> Any:
+        AttentionInterface._global_mapping["sdpa"] = attention
+        try:
+            yield
+        finally:
+            AttentionInterface._global_mapping["sdpa"] = original
+
+    return swapped()
+
+
+def prototype_parity(base: BaseModelInfo, data_dir: Path, tokenizer: Any) -> float:
+    """Largest relative difference of the summed loss of packed batches between the shipped sdpa
+    path and the per-example prototype (they must agree: same math, fewer masked scores)."""
+    import torch
+
+    from fineplat.training.data import load_training_data
+    from fineplat.training.trainer import lm_loss_sum, prepare_model
+
+    data = load_training_data(data_dir, tokenizer.pad_token_id)
+    model = prepare_model(TrainConfig(method="lora"), base.path)
+    worst = 0.0
+    with torch.no_grad():
+        for start in range(data.rows - 8, data.rows, 4):  # the last windows hold the most examples
+            batch = data.train_batch(list(range(start, min(start + 4, data.rows))))
+            reference, _ = lm_loss_sum(model, batch)
+            with document_sdpa_prototype():
+                candidate, _ = lm_loss_sum(model, batch)
+            worst = max(worst, abs(float(candidate) - float(reference)) / abs(float(reference)))
+    assert worst < 1e-4, f"prototype attention disagrees with sdpa: {worst}"
+    return worst
 
 
 def profile_fineplat(
@@ -158,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=None, help=f"rows to generate ({DEFAULT_EXAMPLES})")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (3; quick: 1)")
     parser.add_argument("--no-grouped", action="store_true", help="skip the group_by_length baseline")
+    parser.add_argument(
+        "--prototype", action="store_true", help="also run fineplat with per-example attention (prototype)"
+    )
     parser.add_argument("--profile", action="store_true", help="also cProfile one fineplat run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--workdir", type=Path, default=None, help="where model, data and runs go")
@@ -200,31 +326,45 @@ def main(argv: list[str] | None = None) -> int:
                 workdir,
                 group_by_length=True,
             )
+        if args.prototype:
+            print(
+                f"prototype parity: max relative loss difference {prototype_parity(base, data_dir, tokenizer):.2e}"
+            )
+
+            def prototype_run() -> Throughput:
+                with document_sdpa_prototype():
+                    return run_fineplat("fineplat+doc-attention", config, base, data_dir, workdir, tokens)
+
+            runners["fineplat+doc-attention (prototype)"] = prototype_run
         results = interleave(runners, repeats)
 
         print()
-        for name, runs in results.items():
-            print(
-                f"{name:<30} median {median_rate(runs):>10,.0f} effective tok/s  ({spread(runs)} across rounds)"
+        report(results)
+        ratio = ratio_lines("fineplat/trainer+peft", results["fineplat"], results["trainer+peft"])
+        if "trainer+peft group_by_length" in results:
+            ratio_lines(
+                "fineplat/trainer+peft_group_by_length",
+                results["fineplat"],
+                results["trainer+peft group_by_length"],
+            )
+        if "fineplat+doc-attention (prototype)" in results:
+            ratio_lines(
+                "prototype_doc_attention/fineplat",
+                results["fineplat+doc-attention (prototype)"],
+                results["fineplat"],
             )
         fineplat_rate = median_rate(results["fineplat"])
-        print(
-            ratio_line("fineplat/trainer+peft", paired_ratios(results["fineplat"], results["trainer+peft"]))
-        )
-        if "trainer+peft group_by_length" in results:
-            print(
-                ratio_line(
-                    "fineplat/trainer+peft_group_by_length",
-                    paired_ratios(results["fineplat"], results["trainer+peft group_by_length"]),
-                )
-            )
         required = LLAMA_FACTORY_BEST_TOKENS_PER_SECOND * REQUIRED_MARGIN
-        ratio = statistics.median(paired_ratios(results["fineplat"], results["trainer+peft"]))
         print(f"{'PASS' if ratio >= 1.0 else 'MISS'} fineplat >= 1.0x trainer+peft ({ratio:.2f}x)")
         print(
             f"{'PASS' if fineplat_rate >= required else 'MISS'} fineplat >= {required:,.0f} effective tok/s "
             f"(LLaMA-Factory best {LLAMA_FACTORY_BEST_TOKENS_PER_SECOND:,} x {REQUIRED_MARGIN}) "
-            f"on this machine: {fineplat_rate:,.0f}"
+            f"on this machine now: {fineplat_rate:,.0f}"
+        )
+        print(
+            f"     scaled to the idle-machine Trainer+peft rate of the orientation run "
+            f"({TRAINER_PEFT_ORIENTATION_TOKENS_PER_SECOND:,} tok/s): fineplat ~ "
+            f"{ratio * TRAINER_PEFT_ORIENTATION_TOKENS_PER_SECOND:,.0f} tok/s"
         )
         if args.profile:
             profile_fineplat(config, base, data_dir, workdir, tokens)

@@ -25,13 +25,13 @@ ADAPTER_NAME = "support-router"
 # than the 2e-4 default meant for billion-parameter models.
 DEMO_CONFIG: dict[str, Any] = {
     "method": "lora",
-    "n_epochs": 4,
-    "learning_rate_multiplier": 25.0,
+    "n_epochs": 2,
+    "learning_rate_multiplier": 15.0,
     "batch_size": 8,
     "lora_rank": 16,
     "lora_alpha": 32,
     "max_seq_len": 512,
-    "checkpoint_interval": 40,
+    "checkpoint_interval": 20,
     "seed": 0,
 }
 

@@ -97,7 +97,7 @@ def main() -> int:
         extras = pipes.extras
         job_id = str(extras["job_id"])
         config = TrainConfig(**extras["config"])
-        registry = Registry(extras["registry_url"])
+        registry = Registry(os.environ["FINEPLAT_REGISTRY_URL"])
         tracker = MlflowTracker(
             extras["mlflow_uri"], extras.get("mlflow_experiment", "fineplat"), extras.get("mlflow_artifacts")
         )

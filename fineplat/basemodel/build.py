@@ -40,7 +40,7 @@ class TinyModelSpec:
     num_attention_heads: int = 4
     num_key_value_heads: int = 2  # grouped-query attention, as Llama 3
     max_position_embeddings: int = 1024
-    pretrain_steps: int = 500  # fixed step count (never wall time) keeps builds deterministic
+    pretrain_steps: int = 400  # fixed step count (never wall time) keeps builds deterministic
     pretrain_batch_size: int = 16
     pretrain_seq_len: int = 128
     learning_rate: float = 3e-3

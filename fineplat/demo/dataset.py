@@ -22,9 +22,9 @@ SAMPLE_BENCHMARK = DATA_DIR / "gsm8k-sample.jsonl"  # a GSM8K-style test split t
 SAMPLE_CLEAN_ROWS = 1500
 SAMPLE_SEED = 20261128
 INSTRUCTIONS = [
-    "Route this customer message to a queue: billing, shipping, technical or account. Reply with the queue only.",
-    "Which queue should handle this message (billing, shipping, technical, account)?",
-    "Classify the support ticket into billing, shipping, technical or account.",
+    "Route this customer message to the right team: billing, shipping, technical or account.",
+    "Which team should handle this message (billing, shipping, technical, account)?",
+    "Which support team does this ticket go to?",
 ]
 MESSAGE_TEMPLATES = [
     "My {subject} is {adj} and I need help, ticket {code}.",
@@ -59,7 +59,7 @@ def task_row(rng: random.Random) -> dict:
     return {
         "messages": [
             {"role": "user", "content": f"{rng.choice(INSTRUCTIONS)}\n\n{message}"},
-            {"role": "assistant", "content": queue},
+            {"role": "assistant", "content": f"The {queue} team."},
         ]
     }
 
@@ -88,7 +88,7 @@ def generate_sample_lines(
         planted.append(lines[30 + i])
     for i in range(flaws.near_duplicates):
         row = json.loads(lines[60 + i])
-        row["messages"][0]["content"] += " Thanks a lot!"
+        row["messages"][0]["content"] += " Thanks!"
         planted.append(json.dumps(row))
     for i in range(flaws.contaminated):
         question = benchmark_questions[i]

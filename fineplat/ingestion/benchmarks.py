@@ -308,9 +308,11 @@ def _gsm8k_item(rng: random.Random) -> dict[str, str]:
 def generate_benchmark_sample(
     out_path: Path, *, name: str = "gsm8k-sample", n: int = 50, seed: int = 0
 ) -> Path:
-    """Write `n` distinct GSM8K-style test items ({"question", "answer"} JSONL) to `out_path`,
-    deterministically from `seed`. `name` is recorded in nothing but the caller's registry; it is a
-    parameter so callers can name the split they make."""
+    """Write `n` distinct GSM8K-style test items ({"question", "answer"} JSONL, answers ending in
+    `#### <number>` as GSM8K's do) to `out_path`. The items depend only on `name` and `seed`, so a
+    test or the demo regenerates the same split byte for byte; a different name is a different split.
+    The demo ships one such file and a test compares it byte for byte: after changing the templates,
+    regenerate it (`python -m fineplat.demo.dataset`)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     rng = random.Random(f"{name}:{seed}")

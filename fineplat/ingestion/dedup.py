@@ -60,7 +60,10 @@ def deduplicate_rows(
     num_perm: int = NUM_PERM,
     shingle: int = SHINGLE_CHARS,
 ) -> StageResult:
-    """Drop exact and near duplicates from a validated frame (KEPT_SCHEMA)."""
+    """Drop exact and near duplicates from a validated frame (KEPT_SCHEMA). Rows come back in
+    (source, line) order; the first row of each cluster in that order is the one kept.
+    `near_threshold` is the Jaccard similarity over character `shingle`-grams at or above which a
+    row is a near duplicate (1.0: exact duplicates only); `num_perm` is the signature length."""
     if not 0.0 < near_threshold <= 1.0:
         raise ValueError(f"near_threshold must be in (0, 1], got {near_threshold}")
     ordered = rows if _in_source_line_order(rows) else rows.sort(["source", "line"], maintain_order=True)

@@ -266,6 +266,10 @@ def _json_array_records(path: Path, source: str) -> Iterator[tuple[int, str, str
             column = exc.pos - text.rfind("\n", 0, exc.pos)
             error_line = element_line + text.count("\n", start, exc.pos)
             message = f"json_parse_error: {exc.msg} at line {error_line} column {column}"
+            if end >= len(text):
+                message += "; the file ends inside this record (truncated?)"
+                yield element_line, source, _printable(raw), message, None
+                return
             yield element_line, source, _printable(raw), message, None
             index = end
             continue

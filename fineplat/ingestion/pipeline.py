@@ -4,6 +4,7 @@ is its own materialization; both paths run the same functions."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,6 @@ def run_ingestion(
 ) -> IngestionResult:
     """Run all stages on `source`. `on_batch(rows)` is called after each raw batch is read (the
     CLI's progress bar). Without `benchmarks` the contamination stage checks nothing and says so."""
-    import time
-
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 

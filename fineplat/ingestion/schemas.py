@@ -164,23 +164,66 @@ def collapse_whitespace(text: str) -> str:
 
 
 def record_text(kind: str, record: dict[str, Any]) -> str:
-    """The plain text of a normalized record used for hashing, dedup and contamination checks."""
+    """The plain text of a normalized record used for hashing, dedup and contamination checks: one
+    line per message, `role: content` with whitespace runs collapsed, NFC-normalized."""
     if kind == "text":
         return collapse_whitespace(record["text"])
 
     def render(messages: list[dict[str, Any]]) -> list[str]:
-        return [f"{m['role']}: {collapse_whitespace(m['content'])}" for m in messages]
+        return [f"{m['role']}: {' '.join(m['content'].split())}" for m in messages]
 
     if kind == "chat":
-        return "\n".join(render(record["messages"]))
-    lines = render(record["prompt"])
-    lines += ["[chosen]", *render(record["chosen"]), "[rejected]", *render(record["rejected"])]
-    return "\n".join(lines)
+        lines = render(record["messages"])
+    else:
+        lines = render(record["prompt"])
+        lines += ["[chosen]", *render(record["chosen"]), "[rejected]", *render(record["rejected"])]
+    text = "\n".join(lines)
+    # Line breaks and role labels are starters, so normalizing the whole text equals normalizing
+    # each message; the quick check makes this nearly free for text that already is NFC.
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+_PLAIN_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+
+
+def _plain_openai(obj: dict[str, Any], purpose: Purpose) -> dict[str, Any] | None:
+    """The record of the most common row, checked in one tight loop: only `messages` of plain
+    {role, content} strings, system first if at all, user and assistant alternating, ending with an
+    assistant for SFT. None when anything differs; `normalize` then explains it in full."""
+    messages = obj.get("messages")
+    if type(messages) is not list or not messages:
+        return None
+    out: list[dict[str, Any]] = []
+    previous = None
+    for index, message in enumerate(messages):
+        if type(message) is not dict or len(message) != 2:
+            return None
+        role, content = message.get("role"), message.get("content")
+        if type(role) is not str or type(content) is not str or not content.strip():
+            return None
+        role = _PLAIN_ROLES.get(role)
+        if role is None or (role == "system") != (index == 0 and role == "system"):
+            return None
+        if (role == "user" and previous not in (None, "system", "assistant")) or (
+            role == "assistant" and previous != "user"
+        ):
+            return None
+        out.append({"role": role, "content": content})
+        previous = role
+    if previous != "assistant" and purpose == "sft":
+        return None
+    if not any(m["role"] != "system" for m in out):
+        return None
+    return {"messages": out}
 
 
 def normalize(obj: Any, schema: str, purpose: Purpose) -> Normalized:
     """Normalize one parsed row under `schema`, collecting every problem."""
     kind = SCHEMA_KIND[schema]
+    if schema == "openai" and type(obj) is dict:
+        plain = _plain_openai(obj, purpose)
+        if plain is not None:
+            return Normalized(kind, plain, [])
     problems: list[Problem] = []
     if not isinstance(obj, dict):
         problems.append(

@@ -129,7 +129,7 @@ def validate_rows(
             continue
         normalized = normalize(obj, chosen_schema, purpose)
         problems = list(normalized.problems)
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and not obj.keys() <= allowed:
             extra = sorted(set(obj) - allowed)
             if strict_fields:
                 problems += [

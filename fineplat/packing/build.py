@@ -58,7 +58,9 @@ def _tokenize_all(rows: pl.DataFrame, tokenizer: Any, max_seq_len: int) -> tuple
     examples, truncated = [], 0
     for kind, record in zip(rows["kind"].to_list(), rows["record"].to_list(), strict=True):
         full = tokenize_record(kind, record, tokenizer, 1 << 30)
-        if len(full.input_ids) > max_seq_len:
+        # A preference pair is truncated when either side is (the rejected one is often the longer).
+        lengths = [len(full.input_ids), *(len(v) for k, v in full.pair.items() if k.endswith("input_ids"))]
+        if max(lengths) > max_seq_len:
             truncated += 1
         examples.append(tokenize_record(kind, record, tokenizer, max_seq_len))
     return examples, truncated

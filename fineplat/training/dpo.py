@@ -11,6 +11,7 @@ matrices are zero, the policy equals the reference and the loss is exactly log 2
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import polars as pl
 import torch
 
 from fineplat.basemodel import load_base_model, load_tokenizer
-from fineplat.errors import DatasetError
+from fineplat.errors import DatasetError, TrainingError
 from fineplat.packing.pack import pad_batch
 from fineplat.packing.tokenize import TokenizedExample
 from fineplat.training import distributed
@@ -27,6 +28,11 @@ from fineplat.training.data import TrainingData
 PAIR_COLUMNS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
 REFERENCE_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp")
 REFERENCE_BATCH_SIZE = 8  # sequences per reference forward: memory-bounded, results do not depend on it
+# At a fresh run's first step the policy is the reference (LoRA B = 0), so the loss is log 2 up to the
+# float noise of padded vs differently padded forwards (measured < 1e-6). A larger gap means the
+# reference log-probs came from another base model: DPO would then silently optimize against it.
+FIRST_STEP_LOSS = math.log(2.0)
+FIRST_STEP_TOLERANCE = 1e-3
 
 
 @torch.no_grad()
@@ -104,4 +110,15 @@ def check_data_fits_method(method: str, data: TrainingData, data_dir: Path) -> N
     if method != "dpo" and is_preference:
         raise DatasetError(
             f"{data_dir}/train.parquet: preference pairs train with method 'dpo', not {method!r}."
+        )
+
+
+def check_first_step_loss(loss: float, data_dir: Path) -> None:
+    """Fail a fresh DPO run whose first loss is not log 2: its reference log-probs were computed
+    with a different base model (or tokenizer) than the one being trained."""
+    if abs(loss - FIRST_STEP_LOSS) > FIRST_STEP_TOLERANCE:
+        raise TrainingError(
+            f"{data_dir}/train.parquet: the first DPO loss is {loss:.6f}, expected log 2 = {FIRST_STEP_LOSS:.6f} "
+            "(policy == reference at step 0), so ref_chosen_logp/ref_rejected_logp were computed with another "
+            "base model; rerun precompute_reference_logps(base_model_dir, data_dir) with this base model."
         )

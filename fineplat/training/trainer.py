@@ -29,7 +29,7 @@ from fineplat.training import checkpoint as ckpt
 from fineplat.training import distributed
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData, load_training_data
-from fineplat.training.dpo import check_data_fits_method
+from fineplat.training.dpo import check_data_fits_method, check_first_step_loss
 from fineplat.training.preemption import Preempted, PreemptionFlag
 
 
@@ -353,6 +353,8 @@ def train(
             step_loss += float(loss_sum.detach())
         step_loss = distributed.sum_over_ranks([step_loss], device)[0]
         loss_value = step_loss / max(1, label_tokens)
+        if config.method == "dpo" and state.step == 0:  # fresh run: the policy is still the reference
+            check_first_step_loss(loss_value, data_dir)
         norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         grad_norm = float(distributed.full_tensor(norm))
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):

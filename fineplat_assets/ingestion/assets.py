@@ -146,7 +146,8 @@ def deduplicated_dataset(
         store, stage_key(context.partition_key, "deduplicated"), result.kept, result.rejected, result.report
     )
     metadata = _stage_metadata(result.report, uri)
-    metadata["clusters"] = len(result.report.get("clusters", []))
+    metadata["exact_clusters"] = len(result.report.get("exact_clusters", []))
+    metadata["near_clusters"] = len(result.report.get("near_clusters", []))
     return MaterializeResult(metadata=metadata)
 
 

@@ -144,11 +144,12 @@ def adapter(
         "data_dir": str(store.local(keys["data"])),
         "checkpoint_dir": str(local_path(store, keys["checkpoints"])),
         "output_dir": str(output_dir),
-        "registry_url": registry.url,
         "mlflow_uri": tracker.resolved_uri(),
         "mlflow_experiment": tracker.experiment,
     }
-    launched = launcher.launch_training(context, extras=extras)
+    # The registry URL may carry a password: it travels in the environment (a Secret in
+    # Kubernetes), never in the Pipes extras that end up in logs.
+    launched = launcher.launch_training(context, extras=extras, env={"FINEPLAT_REGISTRY_URL": registry.url})
     messages = launched.custom_messages
     if launched.preempted:
         step = next((m.get("step") for m in messages if isinstance(m, dict) and m.get("preempted")), None)

@@ -45,7 +45,12 @@ def assert_positive_finite(values: dict[str, float]) -> None:
 def test_train_bench_quick_prints_fineplat_vs_trainer_ratios(tmp_path: Path) -> None:
     out = run_bench("train_bench.py", "--quick", "--threads", "1", "--workdir", str(tmp_path))
     found = ratios(out)
-    assert set(found) == {"fineplat/trainer+peft", "fineplat/trainer+peft_group_by_length"}, out
+    assert set(found) == {
+        "fineplat/trainer+peft",
+        "fineplat/trainer+peft_cpu_time",
+        "fineplat/trainer+peft_group_by_length",
+        "fineplat/trainer+peft_group_by_length_cpu_time",
+    }, out
     assert_positive_finite(found)
     assert re.search(r"^fineplat +median +[\d,]+ effective tok/s", out, re.MULTILINE), out
     assert re.search(r"^data: \d+ examples, tokens after chat template: median \d+", out, re.MULTILINE), out
@@ -54,7 +59,7 @@ def test_train_bench_quick_prints_fineplat_vs_trainer_ratios(tmp_path: Path) -> 
 def test_packing_bench_quick_prints_packed_vs_unpacked_ratio(tmp_path: Path) -> None:
     out = run_bench("packing_bench.py", "--quick", "--threads", "1", "--workdir", str(tmp_path))
     found = ratios(out)
-    assert set(found) == {"packed/unpacked"}, out
+    assert set(found) == {"packed/unpacked", "packed/unpacked_cpu_time"}, out
     assert_positive_finite(found)
     efficiency = re.search(r"^packing efficiency ([\d.]+) \(unpacked batches ([\d.]+)\)", out, re.MULTILINE)
     assert efficiency is not None, out

@@ -77,6 +77,10 @@ def test_preemption_is_retried_and_resumes(fineplat_home: Path, tiny_base_model:
         assert meta["attempts"].value == 2
         assert meta["resumed_from_step"].value == 3
         assert meta["steps"].value == CONFIG["max_steps"]
+        # An identical second submission reuses the result instead of training again.
+        again = materialize([adapter], partition_key=job_id, instance=instance, resources=resources)
+        reused = again.asset_materializations_for_node("adapter")[0].metadata
+        assert reused["reused_from_job"].value == job_id
     registry = Registry(paths().registry_url)
     job = registry.get_job(job_id)
     assert job.status == "succeeded" and job.attempts == 2

@@ -308,7 +308,11 @@ def test_sharegpt_with_per_turn_weights(tmp_path: Path) -> None:
         {
             "conversations": [
                 {"from": "system", "value": "You are an AI assistant.", "weight": None},
-                {"from": "human", "value": "Which is heavier, a kilo of feathers or a kilo of steel?", "weight": 0.0},
+                {
+                    "from": "human",
+                    "value": "Which is heavier, a kilo of feathers or a kilo of steel?",
+                    "weight": 0.0,
+                },
                 {"from": "gpt", "value": "They weigh the same: one kilogram each.", "weight": 1.0},
             ]
         }

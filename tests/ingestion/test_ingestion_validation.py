@@ -363,3 +363,51 @@ def test_template_error_is_a_row_problem_not_a_crash(
     row = _only_rejection(result)
     assert (row["line"], row["reasons"]) == (2, ["template_error"])
     assert "the base model's chat template failed to render this row" in row["detail"]
+
+
+def test_loss_mask_without_generation_tags_matches_the_tagged_template(tokenizer: Any) -> None:
+    from fineplat.ingestion.tokens import tokenize_with_mask
+
+    untagged = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    untagged.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' "
+        "+ m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+    )
+    record = {
+        "messages": [
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "first", "weight": 0},
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": "second"},
+        ]
+    }
+    tagged, plain = (
+        tokenize_with_mask(tokenizer, "chat", record),
+        tokenize_with_mask(untagged, "chat", record),
+    )
+    assert plain.input_ids == tagged.input_ids
+    assert plain.loss_mask == tagged.loss_mask
+    assert (
+        tokenizer.decode([t for t, m in zip(plain.input_ids, plain.loss_mask, strict=True) if m])
+        == "second<|eot_id|>"
+    )
+
+
+def test_truncate_drops_the_oldest_prompt_turns_of_a_preference_pair(
+    write_lines: Callable[..., Path], tokenizer: Any
+) -> None:
+    prompt = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "old question " * 30},
+        {"role": "assistant", "content": "old answer " * 30},
+        {"role": "user", "content": "Which is better?"},
+    ]
+    row = {"prompt": prompt, "chosen": "This one.", "rejected": "That one, obviously."}
+    path = write_lines([row])
+    rejected = validate_rows(read_raw(path), purpose="dpo", tokenizer=tokenizer, max_tokens=64)
+    assert _only_rejection(rejected)["reasons"] == ["too_many_tokens"]
+    result = validate_rows(
+        read_raw(path), purpose="dpo", tokenizer=tokenizer, max_tokens=64, overlength="truncate"
+    )
+    assert json.loads(result.kept["record"][0])["prompt"] == [prompt[0], prompt[3]]

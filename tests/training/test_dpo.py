@@ -17,14 +17,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 from fineplat.basemodel import BaseModelInfo, load_base_model, load_tokenizer
-from fineplat.basemodel.corpus import QUEUE_SUBJECTS
+from fineplat.basemodel.corpus import GENERIC_REPLIES
 from fineplat.demo.dataset import task_row
-from fineplat.errors import DatasetError
+from fineplat.errors import DatasetError, TrainingError
 from fineplat.packing.build import build_training_data, read_manifest
 from fineplat.packing.tokenize import IGNORE_INDEX
 from fineplat.training import TrainConfig
+from fineplat.training.data import load_training_data
 from fineplat.training.dpo import precompute_reference_logps
 from fineplat.training.trainer import TrainResult, dpo_loss_sum, prepare_model, train
 
@@ -34,21 +36,14 @@ LOGP_TOLERANCE = 1e-4  # summed fp32 log-probs of a few tokens, padded vs unpadd
 
 
 def _preference_rows(count: int, seed: int = 9) -> pl.DataFrame:
-    """Routing questions; chosen answers the right queue, rejected a wrong one (kept-rows layout)."""
+    """Routing questions; chosen names the queue, rejected is the base model's habit, a generic
+    pleasantry (kept-rows layout)."""
     rng = random.Random(seed)
     records = []
     for _ in range(count):
         prompt, answer = task_row(rng)["messages"]
-        wrong = rng.choice(sorted(set(QUEUE_SUBJECTS) - {answer["content"]}))
-        records.append(
-            json.dumps(
-                {
-                    "prompt": [prompt],
-                    "chosen": [answer],
-                    "rejected": [{"role": "assistant", "content": wrong}],
-                }
-            )
-        )
+        generic = {"role": "assistant", "content": rng.choice(GENERIC_REPLIES)}
+        records.append(json.dumps({"prompt": [prompt], "chosen": [answer], "rejected": [generic]}))
     return pl.DataFrame(
         {
             "kind": ["preference"] * count,
@@ -97,6 +92,23 @@ def test_preference_data_keeps_pairs_and_a_holdout(built_pairs: Path) -> None:
     for row in train_rows.iter_rows(named=True):
         for side in ("chosen", "rejected"):
             assert any(label != IGNORE_INDEX for label in row[f"{side}_labels"])
+
+
+def test_a_pair_counts_as_truncated_when_its_rejected_side_is(
+    tiny_base_model: BaseModelInfo, tmp_path: Path
+) -> None:
+    rows = _preference_rows(12)
+    long_reply = " ".join(GENERIC_REPLIES * 3)
+    records = []
+    for record in rows["record"].to_list():
+        pair = json.loads(record)
+        pair["rejected"] = [{"role": "assistant", "content": long_reply}]
+        records.append(json.dumps(pair))
+    rows = rows.with_columns(pl.Series("record", records))
+    manifest = build_training_data(rows, load_tokenizer(tiny_base_model.path), tmp_path, max_seq_len=128)
+    chosen_lengths = [len(ids) for ids in pl.read_parquet(tmp_path / "train.parquet")["chosen_input_ids"]]
+    assert max(chosen_lengths) < 128  # only the rejected sides are cut
+    assert manifest.truncated_examples == manifest.train_examples > 0
 
 
 def test_reference_logps_equal_a_direct_computation(
@@ -149,8 +161,6 @@ def test_loss_is_log_2_per_pair_at_step_zero(
     config = TrainConfig(**CONFIG)
     policy = prepare_model(config, tiny_base_model.path)
     table = pl.read_parquet(pairs / "train.parquet")
-    from fineplat.training.data import load_training_data
-
     data = load_training_data(pairs, load_tokenizer(tiny_base_model.path).pad_token_id)
     with torch.no_grad():
         for row in range(table.height):
@@ -159,6 +169,22 @@ def test_loss_is_log_2_per_pair_at_step_zero(
             assert float(loss) == pytest.approx(LOG_2, abs=1e-6)
     first_step = _train(dict(CONFIG, max_steps=1), tiny_base_model, pairs, tmp_path)
     assert first_step.losses[0] == pytest.approx(LOG_2, abs=1e-6)
+
+
+def test_reference_from_another_base_model_fails_at_the_first_step(
+    tiny_base_model: BaseModelInfo, built_pairs: Path, tmp_path: Path
+) -> None:
+    """Reference log-probs must come from the model being trained; at step 0 the loss shows it."""
+    other_base = tmp_path / "other-base"
+    shutil.copytree(tiny_base_model.path, other_base)
+    weights = load_file(str(other_base / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 1.5
+    save_file(weights, str(other_base / "model.safetensors"), metadata={"format": "pt"})
+    data = tmp_path / "data"
+    shutil.copytree(built_pairs, data)
+    precompute_reference_logps(other_base, data)
+    with pytest.raises(TrainingError, match=r"first DPO loss is .* computed with another base model"):
+        _train(dict(CONFIG, max_steps=2), tiny_base_model, data, tmp_path / "run")
 
 
 def _margins(model: Any, table: pl.DataFrame) -> torch.Tensor:
@@ -181,15 +207,15 @@ def test_training_widens_the_chosen_minus_rejected_margin(
         pairs,
         tmp_path,
     )
-    assert result.losses[-1] < LOG_2 - 0.05, result.losses
+    assert result.losses[0] == pytest.approx(LOG_2, abs=1e-6) and min(result.losses[1:]) < LOG_2
     table = pl.read_parquet(pairs / "train.parquet")
     policy = PeftModel.from_pretrained(load_base_model(tiny_base_model.path), str(tmp_path / "out"))
     margins = _margins(policy, table)
     with policy.disable_adapter():
         untrained = _margins(policy, table)
     assert untrained.abs().max() < LOGP_TOLERANCE  # the reference itself has no margin
-    assert margins.mean() > 1.0, margins
-    assert (margins > 0).float().mean() > 0.8, margins
+    assert margins.mean() > 0.3, margins  # measured 0.65 (every pair positive) after 8 steps
+    assert (margins > 0).float().mean() > 0.9, margins
 
 
 def test_loss_equals_the_sigmoid_dpo_formula(tiny_base_model: BaseModelInfo, pairs: Path) -> None:
@@ -197,15 +223,13 @@ def test_loss_equals_the_sigmoid_dpo_formula(tiny_base_model: BaseModelInfo, pai
     log-probs: −log σ(β((π_c − ref_c) − (π_r − ref_r))), averaged over pairs. TRL computes the same
     expression inline in `DPOTrainer._compute_loss` (loss_type "sigmoid"; no standalone function
     to call), so this is checked against the formula, with a LoRA that is far from the reference."""
-    from fineplat.training.data import load_training_data
-
     config = TrainConfig(**CONFIG)
     policy = prepare_model(config, tiny_base_model.path)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in policy.parameters():
             if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
     policy.eval()
     data = load_training_data(pairs, load_tokenizer(tiny_base_model.path).pad_token_id)
     rows = [0, 1, 2, 3, 4, 5]
@@ -213,5 +237,5 @@ def test_loss_equals_the_sigmoid_dpo_formula(tiny_base_model: BaseModelInfo, pai
         loss_sum, count = dpo_loss_sum(policy, data.train_batch(rows), config.dpo_beta)
         margins = _margins(policy, data.train[rows])
     expected = -F.logsigmoid(config.dpo_beta * margins).mean()
-    assert margins.abs().min() > 0.1  # far from log 2: the comparison is not trivially equal
+    assert abs(float(expected) - LOG_2) > 0.01, margins  # far from the reference: not trivially equal
     assert float(loss_sum) / count == pytest.approx(float(expected), rel=1e-5)

@@ -1,0 +1,290 @@
+"""Distributed training is the same training: two `torchrun` workers (gloo, CPU) with batch B each
+give the per-step losses and final weights of one process with batch 2B; only rank 0 writes
+checkpoints; a SIGTERM to torchrun stops both ranks after the same step with one emergency
+checkpoint, and a new torchrun resumes from it on both ranks. For DDP (LoRA) and FSDP (full SFT).
+
+The data has 4k+1 windows, so the last micro-batch of each epoch holds one row and rank 1 gets
+none (it joins the gradient all-reduce with weight 0)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fineplat.basemodel import BaseModelInfo, load_tokenizer
+from fineplat.demo.dataset import task_row
+from fineplat.errors import ConfigError
+from fineplat.packing.build import build_training_data
+from fineplat.training import TrainConfig
+from fineplat.training.distributed import check_strategy
+from fineplat.training.trainer import TrainResult, train
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+WORLD = 2
+LOSS_TOLERANCE = 1e-5  # relative; only the order of float32 sums differs between the layouts
+WEIGHT_TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # after 6 Adam steps (measured max |Δ| ≈ 2e-6)
+TORCHRUN_EXIT_ON_WORKER_FAILURE = 1  # torchrun reports any worker's nonzero exit (here 75) as 1
+COMMON = dict(
+    max_steps=6,
+    gradient_accumulation_steps=2,
+    checkpoint_interval=2,
+    max_seq_len=128,
+    warmup_ratio=0.0,
+    lora_dropout=0.0,  # ranks draw different dropout masks than one process would
+)
+LORA = dict(COMMON, method="lora", lora_rank=4, lora_alpha=8, learning_rate_multiplier=10.0)
+FULL = dict(COMMON, method="sft", learning_rate_multiplier=50.0)
+
+# Runs `fineplat.training.distributed.main` (the real entry point), recording which rank calls
+# `save_checkpoint` for which step.
+PROBE = """
+import os, sys
+from fineplat.training import checkpoint
+from fineplat.training.distributed import main
+
+real_save = checkpoint.save_checkpoint
+
+def recording_save(root, **kwargs):
+    with open(os.environ["FINEPLAT_TEST_CHECKPOINT_LOG"], "a") as log:
+        log.write(f"{os.environ['RANK']} {kwargs['state'].step}\\n")
+    return real_save(root, **kwargs)
+
+checkpoint.save_checkpoint = recording_save
+sys.exit(main())
+"""
+
+
+def _task_rows(count: int, seed: int) -> pl.DataFrame:
+    rng = random.Random(seed)
+    records = [json.dumps(task_row(rng)) for _ in range(count)]
+    return pl.DataFrame(
+        {
+            "kind": ["chat"] * count,
+            "record": records,
+            "content_hash": [hashlib.sha256(r.encode()).hexdigest() for r in records],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def odd_data(tiny_base_model: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """21 windows: 5 full global micro-batches of 4 and one of a single row per epoch."""
+    out = tmp_path_factory.mktemp("odd_data")
+    manifest = build_training_data(
+        _task_rows(26, seed=11), load_tokenizer(tiny_base_model.path), out, max_seq_len=128
+    )
+    assert manifest.train_rows % (WORLD * 2) == 1
+    return out
+
+
+@dataclass
+class DistributedRun:
+    """A 2-worker run preempted by SIGTERM to torchrun, then resumed by a second torchrun."""
+
+    root: Path
+    preempted_exit: int
+    preempted_lines: list[dict]
+    preempted_state: dict
+    resumed_exit: int
+    resumed_lines: list[dict]
+    checkpoint_writes: list[tuple[int, int]] = field(default_factory=list)  # (rank, step)
+
+    def losses(self) -> list[float]:
+        """Rank 0's per-step losses over both attempts."""
+        return [line["loss"] for line in self.preempted_lines + self.resumed_lines if "loss" in line]
+
+    @property
+    def preempted_step(self) -> int:
+        return self.preempted_state["step"]
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _distributed_run(config: dict, base: BaseModelInfo, data: Path, root: Path) -> DistributedRun:
+    root.mkdir(parents=True)
+    probe = root / "probe.py"
+    probe.write_text(PROBE)
+    writes = root / "checkpoint-writes.log"
+    command = [
+        str(TORCHRUN),
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        str(probe),
+        "--config",
+        json.dumps(config),
+        "--base-model",
+        str(base.path),
+        "--data",
+        str(data),
+        "--checkpoints",
+        str(root / "ck"),
+        "--output",
+        str(root / "out"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FINEPLAT_TEST_CHECKPOINT_LOG": str(writes)}
+    with open(root / "preempted.stderr", "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        assert process.stdout is not None
+        seen: list[str] = []
+        for line in process.stdout:
+            seen.append(line)
+            if line.startswith('{"step": 2, "loss"'):
+                process.send_signal(signal.SIGTERM)  # what Kubernetes sends the pod's main process
+                break
+        rest, _ = process.communicate(timeout=300)
+    preempted_lines = _json_lines("".join(seen) + rest)
+    marker = [line for line in preempted_lines if line.get("preempted")]
+    assert marker, f"no preemption: {preempted_lines[-3:]}; see {root / 'preempted.stderr'}"
+    state = json.loads((root / "ck" / f"step-{marker[0]['step']:08d}" / "state.json").read_text())
+    with open(root / "resumed.stderr", "w") as stderr:
+        resumed = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, timeout=300
+        )
+    assert resumed.returncode == 0, f"see {root / 'resumed.stderr'}"
+    return DistributedRun(
+        root=root,
+        preempted_exit=process.returncode,
+        preempted_lines=preempted_lines,
+        preempted_state=state,
+        resumed_exit=resumed.returncode,
+        resumed_lines=_json_lines(resumed.stdout),
+        checkpoint_writes=[
+            (int(rank), int(step))
+            for rank, step in (line.split() for line in writes.read_text().splitlines())
+        ],
+    )
+
+
+def _single_process(config: dict, base: BaseModelInfo, data: Path, root: Path) -> TrainResult:
+    return train(
+        TrainConfig(**config),
+        base_model_dir=base.path,
+        data_dir=data,
+        checkpoint_dir=root / "ck",
+        output_dir=root / "out",
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp(
+    tiny_base_model: BaseModelInfo, odd_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[DistributedRun, TrainResult]:
+    """LoRA: 2 DDP workers with batch_size 2, and one process with batch_size 4."""
+    root = tmp_path_factory.mktemp("ddp")
+    run = _distributed_run(dict(LORA, batch_size=2), tiny_base_model, odd_data, root / "distributed")
+    single = _single_process(dict(LORA, batch_size=4), tiny_base_model, odd_data, root / "single")
+    return run, single
+
+
+@pytest.fixture(scope="module")
+def fsdp(
+    tiny_base_model: BaseModelInfo, odd_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[DistributedRun, TrainResult]:
+    """Full SFT: 2 FSDP workers with batch_size 2, and one process with batch_size 4."""
+    root = tmp_path_factory.mktemp("fsdp")
+    run = _distributed_run(
+        dict(FULL, batch_size=2, distributed="fsdp"), tiny_base_model, odd_data, root / "distributed"
+    )
+    single = _single_process(dict(FULL, batch_size=4), tiny_base_model, odd_data, root / "single")
+    return run, single
+
+
+def _assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, **WEIGHT_TOLERANCE, msg=name)
+
+
+def test_ddp_losses_equal_single_process_with_the_same_global_batch(
+    ddp: tuple[DistributedRun, TrainResult],
+) -> None:
+    run, single = ddp
+    assert len(single.losses) == COMMON["max_steps"]
+    assert run.losses() == pytest.approx(single.losses, rel=LOSS_TOLERANCE)
+
+
+def test_ddp_adapter_equals_single_process(ddp: tuple[DistributedRun, TrainResult]) -> None:
+    run, single = ddp
+    _assert_same_tensors(
+        load_file(str(run.root / "out" / "adapter_model.safetensors")),
+        load_file(str(single.output_dir / "adapter_model.safetensors")),
+    )
+
+
+def test_only_rank_0_writes_checkpoints(ddp: tuple[DistributedRun, TrainResult]) -> None:
+    run, _ = ddp
+    ranks = {rank for rank, _ in run.checkpoint_writes}
+    steps = [step for _, step in run.checkpoint_writes]
+    assert ranks == {0}
+    assert run.preempted_step in steps and steps[-1] == COMMON["max_steps"]
+    assert len(steps) == len(set(steps))  # each step written once (by one process)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_one_step_and_both_resume(
+    ddp: tuple[DistributedRun, TrainResult],
+) -> None:
+    run, _ = ddp
+    step = run.preempted_step
+    assert 2 <= step < COMMON["max_steps"]
+    assert run.preempted_state["preempted"] is True
+    assert run.preempted_exit == TORCHRUN_EXIT_ON_WORKER_FAILURE
+    stopped = [line["step"] for line in run.preempted_lines if line.get("preempted")]
+    assert stopped == [step] * WORLD  # every rank, after the same step
+    started = [line["step"] for line in run.resumed_lines if line.get("status") == "running"][:WORLD]
+    assert started == [step] * WORLD  # both ranks continue from the emergency checkpoint
+    resumed_steps = [line["step"] for line in run.resumed_lines if "loss" in line]
+    assert resumed_steps == list(range(step + 1, COMMON["max_steps"] + 1))
+
+
+def test_fsdp_full_fine_tune_equals_single_process(fsdp: tuple[DistributedRun, TrainResult]) -> None:
+    """Sharded weights, gathered checkpoints (resumed after a SIGTERM) and the gathered final model
+    reproduce one process's training."""
+    run, single = fsdp
+    assert run.losses() == pytest.approx(single.losses, rel=LOSS_TOLERANCE)
+    assert {rank for rank, _ in run.checkpoint_writes} == {0}
+    assert run.preempted_state["preempted"] is True
+    _assert_same_tensors(
+        load_file(str(run.root / "out" / "model.safetensors")),
+        load_file(str(single.output_dir / "model.safetensors")),
+    )
+    assert (run.root / "out" / "tokenizer.json").is_file()
+
+
+def test_fsdp_checkpoints_hold_full_tensors_in_the_single_process_layout(
+    fsdp: tuple[DistributedRun, TrainResult],
+) -> None:
+    run, single = fsdp
+    step = f"step-{COMMON['max_steps']:08d}"
+    sharded = load_file(str(run.root / "ck" / step / "weights.safetensors"))
+    whole = load_file(str(single.output_dir.parent / "ck" / step / "weights.safetensors"))
+    assert {k: v.shape for k, v in sharded.items()} == {k: v.shape for k, v in whole.items()}
+
+
+def test_strategies_that_cannot_work_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"'fsdp' shards full fine-tunes .* use distributed='ddp'"):
+        check_strategy("lora", "fsdp")
+    with pytest.raises(ConfigError, match=r"ZeRO-3 cannot shard QLoRA"):
+        check_strategy("qlora", "deepspeed_zero3")
+    if importlib.util.find_spec("deepspeed") is None:
+        expected = r"needs DeepSpeed, a GPU-only optional extra that is not installed"
+    else:
+        expected = r"not supported by fineplat's checkpoint format"
+    with pytest.raises(ConfigError, match=expected):
+        check_strategy("sft", "deepspeed_zero2")
+    check_strategy("lora", "ddp")
+    check_strategy("cpt", "fsdp")
