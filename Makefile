@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 ui: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	.venv/bin/dagster dev -w workspace.yaml
 
 lint: $(STAMP)
@@ -29,6 +30,7 @@ lint: $(STAMP)
 	.venv/bin/mypy fineplat
 
 test: $(STAMP) lint
+	mkdir -p $(DAGSTER_HOME)
 	.venv/bin/dagster definitions validate -w workspace.yaml
 	$(PY) -m pytest -q tests
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from fineplat.settings import paths
 
 console = Console()
 ADAPTER_NAME = "support-router"
+# Dagster's step events at INFO (training steps stream through Pipes), not its DEBUG chatter.
+RUN_CONFIG: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # LoRA settings for the ~1M-parameter demo model: a tiny model needs a far larger learning rate
 # than the 2e-4 default meant for billion-parameter models.
 DEMO_CONFIG: dict[str, Any] = {
@@ -62,6 +65,8 @@ def _metadata(instance: Any, asset: str, partition: str) -> dict[str, Any]:
 
 def main() -> None:
     """Run the demo end to end and print the summary."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     instance = _prepare_instance()
@@ -92,7 +97,7 @@ def main() -> None:
     t = time.perf_counter()
     console.print(f"ingesting {SAMPLE_DATASET.name} (dataset partition {upload.partition})…")
     result = defs.resolve_job_def("ingest_dataset").execute_in_process(
-        instance=instance, partition_key=upload.partition
+        instance=instance, partition_key=upload.partition, run_config=RUN_CONFIG
     )
     assert result.success, "ingestion failed"
     timings["ingestion"] = time.perf_counter() - t
@@ -110,7 +115,9 @@ def main() -> None:
     instance.add_dynamic_partitions(job_partitions.name, [job_id])
     console.print(f"fine-tuning job {job_id} (LoRA r={config.lora_rank}) through Dagster Pipes…")
     t = time.perf_counter()
-    result = defs.resolve_job_def("finetune").execute_in_process(instance=instance, partition_key=job_id)
+    result = defs.resolve_job_def("finetune").execute_in_process(
+        instance=instance, partition_key=job_id, run_config=RUN_CONFIG
+    )
     assert result.success, "fine-tune job failed"
     timings["fine-tune job"] = time.perf_counter() - t
     trained = _metadata(instance, "adapter", job_id)
@@ -120,12 +127,11 @@ def main() -> None:
     t = time.perf_counter()
     with serving:
         sensor = defs.get_sensor_def("promote_adapters_sensor")
-        requests = sensor.evaluate_tick(
-            build_sensor_context(instance=instance, resources=defs.resources)
-        ).run_requests
+        with build_sensor_context(instance=instance, resources=defs.resources) as sensor_context:
+            requests = sensor.evaluate_tick(sensor_context).run_requests
         for request in requests or []:
             deploy = defs.resolve_job_def("deploy_adapter_job").execute_in_process(
-                instance=instance, run_config=request.run_config, tags=request.tags
+                instance=instance, run_config={**request.run_config, **RUN_CONFIG}, tags=request.tags
             )
             assert deploy.success, "deploy failed"
         with serving.client() as client:

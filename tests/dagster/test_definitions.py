@@ -11,7 +11,12 @@ EXPECTED_ASSETS = {
     "raw_dataset": ("ingestion", "dataset_uploads", [], []),
     "validated_dataset": ("ingestion", "dataset_uploads", ["raw_dataset"], ["has_usable_rows"]),
     "deduplicated_dataset": ("ingestion", "dataset_uploads", ["validated_dataset"], []),
-    "decontaminated_dataset": ("ingestion", "dataset_uploads", ["deduplicated_dataset"], ["contamination_within_policy"]),
+    "decontaminated_dataset": (
+        "ingestion",
+        "dataset_uploads",
+        ["deduplicated_dataset"],
+        ["contamination_within_policy"],
+    ),
     "training_data": ("training", "finetune_jobs", ["decontaminated_dataset"], []),
     "adapter": ("training", "finetune_jobs", ["training_data"], []),
     "eval_report": ("evaluation", "finetune_jobs", ["adapter"], ["gates_passed"]),
@@ -47,6 +52,15 @@ def test_blocking_checks_stop_training() -> None:
 
 
 def test_jobs_sensors_and_resources() -> None:
-    assert sorted(j.name for j in defs.jobs or []) == ["deploy_adapter_job", "finetune", "ingest_dataset", "rollback_adapter_job"]
-    assert sorted(s.name for s in defs.sensors or []) == ["dataset_upload_sensor", "finetune_submission_sensor", "promote_adapters_sensor"]
+    assert sorted(j.name for j in defs.jobs or []) == [
+        "deploy_adapter_job",
+        "finetune",
+        "ingest_dataset",
+        "rollback_adapter_job",
+    ]
+    assert sorted(s.name for s in defs.sensors or []) == [
+        "dataset_upload_sensor",
+        "finetune_submission_sensor",
+        "promote_adapters_sensor",
+    ]
     assert sorted(defs.resources or {}) == ["launcher", "object_store", "registry", "serving", "tracker"]

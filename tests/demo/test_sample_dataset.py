@@ -34,4 +34,4 @@ def test_planted_flaws_are_present() -> None:
     contaminated = [r for r in parsed if r["messages"][0]["content"] in questions]
     assert len(contaminated) == flaws.contaminated
     assert len(lines) - len(set(lines)) == flaws.exact_duplicates
-    assert sum("Thanks!\"}" in line for line in lines) == flaws.near_duplicates
+    assert sum('Thanks!"}' in line for line in lines) == flaws.near_duplicates

@@ -26,5 +26,8 @@ def e2e_home(fineplat_home: Path, tiny_base_model: BaseModelInfo) -> Path:
 def sample_dataset(tmp_path: Path) -> Path:
     """A small copy of the demo dataset with every kind of planted flaw."""
     path = tmp_path / "tickets.jsonl"
-    path.write_text("\n".join(generate_sample_lines(E2E_CLEAN_ROWS, benchmark_questions(SAMPLE_BENCHMARK), E2E_FLAWS)) + "\n")
+    path.write_text(
+        "\n".join(generate_sample_lines(E2E_CLEAN_ROWS, benchmark_questions(SAMPLE_BENCHMARK), E2E_FLAWS))
+        + "\n"
+    )
     return path

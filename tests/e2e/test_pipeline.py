@@ -37,7 +37,9 @@ def _metadata(instance: DagsterInstance, asset: str, partition: str) -> dict[str
     raise AssertionError(f"{asset} was not materialized for {partition}")
 
 
-def _run_everything(instance: DagsterInstance, sample_dataset: Path, registry_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def _run_everything(
+    instance: DagsterInstance, sample_dataset: Path, registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FINEPLAT_REGISTRY_URL", registry_url)
     from dagster import Definitions
 
@@ -48,7 +50,10 @@ def _run_everything(instance: DagsterInstance, sample_dataset: Path, registry_ur
     monkeypatch.setenv("FINEPLAT_SERVING_URL", serving.url)
     resources = {**definitions.build_resources(), "registry": RegistryResource(url=registry_url)}
     defs = Definitions(
-        assets=definitions.defs.assets, jobs=definitions.defs.jobs, sensors=definitions.defs.sensors, resources=resources
+        assets=definitions.defs.assets,
+        jobs=definitions.defs.jobs,
+        sensors=definitions.defs.sensors,
+        resources=resources,
     )
     store = LocalObjectStore(paths().objects)
 
@@ -57,30 +62,51 @@ def _run_everything(instance: DagsterInstance, sample_dataset: Path, registry_ur
     upload_sensor = defs.get_sensor_def("dataset_upload_sensor")
     requests = upload_sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests
     assert [r.partition_key for r in requests or []] == [upload.partition]
-    assert defs.resolve_job_def("ingest_dataset").execute_in_process(instance=instance, partition_key=upload.partition).success
+    assert (
+        defs.resolve_job_def("ingest_dataset")
+        .execute_in_process(instance=instance, partition_key=upload.partition)
+        .success
+    )
 
     # Counts add up at every stage, and across the chain.
-    stages = {a: _metadata(instance, a, upload.partition) for a in ("raw_dataset", "validated_dataset", "deduplicated_dataset", "decontaminated_dataset")}
-    total_lines = E2E_CLEAN_ROWS + E2E_FLAWS.malformed_json + E2E_FLAWS.wrong_role_order + E2E_FLAWS.empty_reply
+    stages = {
+        a: _metadata(instance, a, upload.partition)
+        for a in ("raw_dataset", "validated_dataset", "deduplicated_dataset", "decontaminated_dataset")
+    }
+    total_lines = (
+        E2E_CLEAN_ROWS + E2E_FLAWS.malformed_json + E2E_FLAWS.wrong_role_order + E2E_FLAWS.empty_reply
+    )
     total_lines += E2E_FLAWS.exact_duplicates + E2E_FLAWS.near_duplicates + E2E_FLAWS.contaminated
     assert stages["raw_dataset"]["rows_in"] == total_lines
     for name in ("validated_dataset", "deduplicated_dataset", "decontaminated_dataset"):
         meta = stages[name]
         assert meta["rows_in"] == meta["kept"] + meta["rejected"], name
     assert stages["validated_dataset"]["rows_in"] == total_lines
-    assert stages["validated_dataset"]["rejected"] == E2E_FLAWS.malformed_json + E2E_FLAWS.wrong_role_order + E2E_FLAWS.empty_reply
-    assert stages["deduplicated_dataset"]["rejected"] == E2E_FLAWS.exact_duplicates + E2E_FLAWS.near_duplicates
+    assert (
+        stages["validated_dataset"]["rejected"]
+        == E2E_FLAWS.malformed_json + E2E_FLAWS.wrong_role_order + E2E_FLAWS.empty_reply
+    )
+    assert (
+        stages["deduplicated_dataset"]["rejected"] == E2E_FLAWS.exact_duplicates + E2E_FLAWS.near_duplicates
+    )
     assert stages["decontaminated_dataset"]["rejected"] == E2E_FLAWS.contaminated
     final = stages["decontaminated_dataset"]
-    assert final["rows_in_upload"] == final["kept"] + final["quarantined"] + final["dedup_removed"] + final["contamination_removed"]
+    assert (
+        final["rows_in_upload"]
+        == final["kept"] + final["quarantined"] + final["dedup_removed"] + final["contamination_removed"]
+    )
     dataset_id = final["dataset_id"]
 
     base = resolve_base_model("fineplat-tiny")
     config = TrainConfig(**TEST_CONFIG)
     job_id = job_id_for("router", dataset_id, base.sha, config)
-    write_job_spec(store, JobSpec(job_id, "router", dataset_id, "fineplat-tiny", config.model_dump(mode="json")))
+    write_job_spec(
+        store, JobSpec(job_id, "router", dataset_id, "fineplat-tiny", config.model_dump(mode="json"))
+    )
     instance.add_dynamic_partitions("finetune_jobs", [job_id])
-    assert defs.resolve_job_def("finetune").execute_in_process(instance=instance, partition_key=job_id).success
+    assert (
+        defs.resolve_job_def("finetune").execute_in_process(instance=instance, partition_key=job_id).success
+    )
 
     trained = _metadata(instance, "adapter", job_id)
     assert trained["steps"] == TEST_CONFIG["max_steps"]
@@ -92,7 +118,9 @@ def _run_everything(instance: DagsterInstance, sample_dataset: Path, registry_ur
     # The registry's lineage equals what the assets recorded.
     registry = Registry(registry_url)
     lineage = registry.lineage(registered["model_id"])
-    assert registered["base_model_sha"] == prepared["base_model_sha"] == base.sha == lineage["base_model"]["sha"]
+    assert (
+        registered["base_model_sha"] == prepared["base_model_sha"] == base.sha == lineage["base_model"]["sha"]
+    )
     assert registered["dataset_id"] == prepared["dataset_id"] == dataset_id == lineage["dataset"]["id"]
     assert registered["hparams_hash"] == config.config_hash() == lineage["hparams_hash"]
     assert lineage["evaluation"]["candidate_exact_match"] == evaluation["adapter_exact_match"]
@@ -103,14 +131,21 @@ def _run_everything(instance: DagsterInstance, sample_dataset: Path, registry_ur
     # Deployment: the sensor requests one deploy run; the served adapter behaves like the adapter.
     with serving:
         sensor = defs.get_sensor_def("promote_adapters_sensor")
-        requests = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=defs.resources)).run_requests or []
+        with build_sensor_context(instance=instance, resources=defs.resources) as sensor_context:
+            requests = sensor.evaluate_tick(sensor_context).run_requests or []
         if evaluation["passed"]:
             assert [r.run_key for r in requests] == [registered["model_id"]]
             for request in requests:
-                assert defs.resolve_job_def("deploy_adapter_job").execute_in_process(instance=instance, run_config=request.run_config).success
+                assert (
+                    defs.resolve_job_def("deploy_adapter_job")
+                    .execute_in_process(instance=instance, run_config=request.run_config)
+                    .success
+                )
             assert registry.get_model(registered["model_id"]).stage == "production"
             prompt = json.loads(sample_dataset.read_text().splitlines()[0])
-            question = [m for m in prompt.get("messages", []) if m["role"] == "user"][:1] or [{"role": "user", "content": "Which queue?"}]
+            question = [m for m in prompt.get("messages", []) if m["role"] == "user"][:1] or [
+                {"role": "user", "content": "Which queue?"}
+            ]
             with serving.client() as client:
                 served_models = client.list_models()
                 assert registered["serving_name"] in served_models
@@ -120,8 +155,15 @@ def _run_everything(instance: DagsterInstance, sample_dataset: Path, registry_ur
             from peft import PeftModel
 
             adapter_dir = Path(registry.get_model(registered["model_id"]).uri.removeprefix("file://"))
-            local_adapter = generate_replies(PeftModel.from_pretrained(load_base_model(base.path), str(adapter_dir)), tokenizer, [question], max_new_tokens=12)[0]
-            local_base = generate_replies(load_base_model(base.path), tokenizer, [question], max_new_tokens=12)[0]
+            local_adapter = generate_replies(
+                PeftModel.from_pretrained(load_base_model(base.path), str(adapter_dir)),
+                tokenizer,
+                [question],
+                max_new_tokens=12,
+            )[0]
+            local_base = generate_replies(
+                load_base_model(base.path), tokenizer, [question], max_new_tokens=12
+            )[0]
             assert over_http_adapter.strip() == local_adapter.strip()
             assert over_http_base.strip() == local_base.strip()
             assert over_http_adapter != over_http_base
@@ -137,7 +179,9 @@ def test_whole_graph_on_sqlite(e2e_home: Path, sample_dataset: Path, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_whole_graph_on_postgres(e2e_home: Path, sample_dataset: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_whole_graph_on_postgres(
+    e2e_home: Path, sample_dataset: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from urllib.parse import urlparse
 
     url = urlparse(pg_database)

@@ -3,12 +3,15 @@ and a kubeconfig file pointing at it."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the sibling helper importable
 from fake_kube_api import FakeCluster, KubeApiHandler
 
 
