@@ -18,7 +18,9 @@ overhead = save_time / (checkpoint_interval x step_time) with the default interv
 same with the validation pass added is printed beside it. `--in-situ` also runs the loop with a
 short interval against one without periodic checkpoints and reports the measured extra time per
 checkpoint. `--probe-params` saves a synthetic full fine-tune state of that many float32 parameters
-to measure the checkpoint path's bytes/s and extrapolate to larger models.
+to measure the checkpoint path's bytes/s (and the share of its two SHA-256 passes: the manifest of the
+new checkpoint, and the re-verification of every kept checkpoint when pruning) and extrapolate to
+larger models.
 
 Target (issue #3 item 8): overhead <= 3% of training time at the default interval.
 """
@@ -39,6 +41,7 @@ import torch
 from common import LoopClock, build_bench_model, prepare_dataset, set_threads
 
 from fineplat.basemodel import BaseModelInfo, load_tokenizer
+from fineplat.hashing import hash_file
 from fineplat.packing.build import build_training_data
 from fineplat.training import checkpoint as ckpt
 from fineplat.training.config import TrainConfig
@@ -176,9 +179,24 @@ def in_situ(
     return loops[0], loops[1], (steps - 1) // interval
 
 
-def probe_bytes_per_second(params: int, workdir: Path) -> tuple[float, int]:
+@dataclass
+class ProbeResult:
+    """Where a large full-state checkpoint's save time goes."""
+
+    checkpoint_bytes: int
+    save_seconds: float  # median steady-state save_checkpoint
+    manifest_hash_seconds: float  # SHA-256 of the new checkpoint's files (part of every save)
+    verify_kept_seconds: float  # `list_checkpoints` re-hashing every kept checkpoint (every prune)
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.checkpoint_bytes / self.save_seconds
+
+
+def probe_checkpoint_path(params: int, workdir: Path) -> ProbeResult:
     """Save a synthetic full fine-tune state (one float32 matrix of `params` values with AdamW
-    moments) through `save_checkpoint` into a steady-state root; (bytes/s, bytes per checkpoint)."""
+    moments) through `save_checkpoint` into a steady-state root, and time the two hashing passes
+    inside it separately."""
     side = int(params**0.5)
     model = torch.nn.Linear(side, side, bias=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -190,9 +208,20 @@ def probe_bytes_per_second(params: int, workdir: Path) -> tuple[float, int]:
     seconds = timed_saves(root, model, optimizer, scheduler, config, config.keep_checkpoints + 2)
     latest = ckpt.latest_checkpoint(root)
     assert latest is not None
-    size = directory_bytes(latest)
+    started = time.perf_counter()
+    for file in sorted(latest.iterdir()):
+        if file.name != ckpt.MANIFEST:
+            hash_file(file)
+    manifest_hash = time.perf_counter() - started
+    started = time.perf_counter()
+    kept = ckpt.list_checkpoints(root)
+    verify = time.perf_counter() - started
+    assert len(kept) == config.keep_checkpoints
+    result = ProbeResult(
+        directory_bytes(latest), statistics.median(seconds[config.keep_checkpoints :]), manifest_hash, verify
+    )
     shutil.rmtree(root, ignore_errors=True)
-    return size / statistics.median(seconds[config.keep_checkpoints :]), size
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,14 +283,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"save {statistics.median(r.save_seconds for r in measured_rounds) * 1000:.1f} ms, "
                 f"validation {statistics.median(r.validation_seconds for r in measured_rounds) * 1000:.1f} ms"
             )
-            rounds_text = ", ".join(f"{o:.5f}" for o in overheads)
+            rounds_text = ", ".join(f"{o:.4g}" for o in overheads)
             print(
-                f"RATIO {label}_checkpoint_overhead_at_{interval}: {statistics.median(overheads):.5f}x "
+                f"RATIO {label}_checkpoint_overhead_at_{interval}: {statistics.median(overheads):.4g}x "
                 f"(save / {interval} steps; per round: {rounds_text})"
             )
             print(
                 f"RATIO {label}_checkpoint_plus_validation_overhead_at_{interval}: "
-                f"{statistics.median(with_validation):.5f}x"
+                f"{statistics.median(with_validation):.4g}x"
             )
             worst = max(worst, statistics.median(overheads))
         print(
@@ -280,15 +309,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"at interval {interval}"
                 )
         if args.probe_params:
-            rate, size = probe_bytes_per_second(int(args.probe_params), workdir)
+            probe = probe_checkpoint_path(int(args.probe_params), workdir)
             print(
-                f"checkpoint path throughput: {rate / 1e6:.0f} MB/s on a {size / 1e9:.2f} GB full-state checkpoint"
+                f"checkpoint path: {probe.checkpoint_bytes / 1e9:.2f} GB full-state checkpoint saved in "
+                f"{probe.save_seconds:.2f} s ({probe.bytes_per_second / 1e6:.0f} MB/s); inside it, SHA-256 of the "
+                f"new files {probe.manifest_hash_seconds:.2f} s and re-verifying the {configs['sft'].keep_checkpoints} "
+                f"kept checkpoints when pruning {probe.verify_kept_seconds:.2f} s"
             )
             for billions in (1, 8):
                 state_bytes = billions * 1e9 * 12  # fp32 weights + two fp32 AdamW moments
                 print(
                     f"  extrapolated: {billions}B-parameter full fine-tune (fp32 + AdamW, {state_bytes / 1e9:.0f} GB)"
-                    f" -> {state_bytes / rate:.0f} s per checkpoint on this disk"
+                    f" -> {state_bytes / probe.bytes_per_second:.0f} s per checkpoint at this rate"
                 )
     return 0
 

@@ -111,6 +111,7 @@ class Measurement:
     achieved_tflops: float
     mfu: float
     step_seconds: float
+    data_seconds: float  # median per step: train_batch (polars rows -> tensors) + to_device
     peak_memory_gb: float
 
 
@@ -239,12 +240,15 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     order = list(range(data.rows))
     durations: list[float] = []
+    data_durations: list[float] = []
     real_tokens = 0
     for step in range(warmup + steps):
         rows = [order[(step * batch_size + i) % data.rows] for i in range(batch_size)]
         synchronize(device)
         started = time.perf_counter()
         batch = to_device(data.train_batch(rows), device)
+        synchronize(device)
+        data_seconds = time.perf_counter() - started
         loss_sum, _ = lm_loss_sum(train_model, batch)
         (loss_sum / max(1, batch["loss_tokens"])).backward()
         loss_value = float(loss_sum.detach())  # the trainer's per-step sync
@@ -254,6 +258,7 @@ def measure(
         synchronize(device)
         if step >= warmup:
             durations.append(time.perf_counter() - started)
+            data_durations.append(data_seconds)
             real_tokens += batch["real_tokens"]
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             raise SystemExit(f"{method}: non-finite loss {loss_value} or gradient norm {grad_norm}")
@@ -276,6 +281,7 @@ def measure(
         achieved / 1e12,
         achieved / peak,
         statistics.median(durations),
+        statistics.median(data_durations),
         memory,
     )
 
@@ -337,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(
             f"{r.method:<5} {r.tokens_per_second:>12,.0f} tokens/s  {r.achieved_tflops:8.2f} TFLOP/s  "
-            f"MFU {r.mfu:.1%}  step {r.step_seconds * 1000:.1f} ms  peak memory {r.peak_memory_gb:.1f} GiB"
+            f"MFU {r.mfu:.1%}  step {r.step_seconds * 1000:.1f} ms (batch building {r.data_seconds * 1000:.1f} ms, "
+            f"{r.data_seconds / r.step_seconds:.1%})  peak memory {r.peak_memory_gb:.1f} GiB"
         )
         print(f"RATIO {r.method}_mfu: {r.mfu:.4f}x (achieved / peak FLOP/s)")
     for r in results:

@@ -4,6 +4,7 @@ the same LoRA adapter, interleaved in one process.
 
     .venv/bin/python bench/train_bench.py              # 1,500 Alpaca-like rows, 3 interleaved rounds
     .venv/bin/python bench/train_bench.py --quick      # smoke run (a few seconds of training)
+    .venv/bin/python bench/train_bench.py --prototype  # + prototypes of trainer changes (below)
     .venv/bin/python bench/train_bench.py --profile    # + cProfile of one fineplat run
 
 What is measured: effective (non-padding) tokens per second over one epoch of the training split,
@@ -19,6 +20,13 @@ final checkpoint and saving fall outside for every contender). The contenders:
   epoch; `save_strategy="no"` and no progress bar, the only changes from defaults.
 - `trainer+peft group_by_length`: the same with `train_sampling_strategy="group_by_length"`
   (transformers 5's name for the old `group_by_length=True`), which batches similar lengths.
+- `--prototype` adds fineplat runs with changes the trainer does not have (measured, not shipped):
+  per-example attention for packed windows (`document_sdpa_prototype`), 2-window micro-batches with
+  8-step gradient accumulation (the same 16-window optimizer step and gradients), and both.
+
+Each contender's rate is printed per wall-clock second and per CPU-second of this process: with one
+torch thread (`--threads 1`, advisable on a shared machine) CPU time excludes the time other jobs
+held the cores, so the CPU-time ratios are the steadier ones.
 
 Target (issue #3 item 8): fineplat >= 1.0x the Trainer baseline, and >= ~19.4k effective tokens/s
 absolute on the 2-core development machine (LLaMA-Factory's best there, neat_packing, is ~16.9k;
@@ -34,6 +42,7 @@ import pstats
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +71,10 @@ QUICK_EXAMPLES = 96
 # the required margin over it.
 LLAMA_FACTORY_BEST_TOKENS_PER_SECOND = 16_900
 REQUIRED_MARGIN = 1.15
+# Names of the --prototype contenders (changes measured here, not shipped in the trainer).
+DOC_ATTENTION = "proto: doc-attention"
+MICRO = "proto: micro-batch 2x8"
+MICRO_DOC_ATTENTION = "proto: micro 2x8 + doc-attention"
 TRAINER_PEFT_ORIENTATION_TOKENS_PER_SECOND = 14_400  # plain Trainer + peft, same machine idle (issue #3)
 
 
@@ -282,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (3; quick: 1)")
     parser.add_argument("--no-grouped", action="store_true", help="skip the group_by_length baseline")
     parser.add_argument(
-        "--prototype", action="store_true", help="also run fineplat with per-example attention (prototype)"
+        "--prototype",
+        action="store_true",
+        help="also run prototypes of trainer changes: per-example attention, 2-window micro-batches, both",
     )
     parser.add_argument("--profile", action="store_true", help="also cProfile one fineplat run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
@@ -327,15 +342,22 @@ def main(argv: list[str] | None = None) -> int:
                 group_by_length=True,
             )
         if args.prototype:
-            print(
-                f"prototype parity: max relative loss difference {prototype_parity(base, data_dir, tokenizer):.2e}"
-            )
+            parity = prototype_parity(base, data_dir, tokenizer)
+            print(f"prototype parity: max relative loss difference {parity:.2e}")
+            # Same optimizer steps and gradients, smaller forward/backward passes: 2 windows per
+            # micro-batch, 8 accumulated (the loop normalizes by the step's total label tokens).
+            micro = config.model_copy(update={"batch_size": 2, "gradient_accumulation_steps": 8})
 
-            def prototype_run() -> Throughput:
-                with document_sdpa_prototype():
-                    return run_fineplat("fineplat+doc-attention", config, base, data_dir, workdir, tokens)
+            def with_document_attention(name: str, run_config: TrainConfig) -> Callable[[], Throughput]:
+                def run() -> Throughput:
+                    with document_sdpa_prototype():
+                        return run_fineplat(name, run_config, base, data_dir, workdir, tokens)
 
-            runners["fineplat+doc-attention (prototype)"] = prototype_run
+                return run
+
+            runners[DOC_ATTENTION] = with_document_attention("doc-attention", config)
+            runners[MICRO] = lambda: run_fineplat("micro", micro, base, data_dir, workdir, tokens)
+            runners[MICRO_DOC_ATTENTION] = with_document_attention("micro-doc-attention", micro)
         results = interleave(runners, repeats)
 
         print()
@@ -347,12 +369,25 @@ def main(argv: list[str] | None = None) -> int:
                 results["fineplat"],
                 results["trainer+peft group_by_length"],
             )
-        if "fineplat+doc-attention (prototype)" in results:
+        for name, label in (
+            (DOC_ATTENTION, "doc_attention"),
+            (MICRO, "micro"),
+            (MICRO_DOC_ATTENTION, "micro_doc_attention"),
+        ):
+            if name in results:
+                ratio_lines(f"prototype_{label}/fineplat", results[name], results["fineplat"])
+        if MICRO_DOC_ATTENTION in results:
             ratio_lines(
-                "prototype_doc_attention/fineplat",
-                results["fineplat+doc-attention (prototype)"],
-                results["fineplat"],
+                "prototype_micro_doc_attention/trainer+peft",
+                results[MICRO_DOC_ATTENTION],
+                results["trainer+peft"],
             )
+            if "trainer+peft group_by_length" in results:
+                ratio_lines(
+                    "prototype_micro_doc_attention/trainer+peft_group_by_length",
+                    results[MICRO_DOC_ATTENTION],
+                    results["trainer+peft group_by_length"],
+                )
         fineplat_rate = median_rate(results["fineplat"])
         required = LLAMA_FACTORY_BEST_TOKENS_PER_SECOND * REQUIRED_MARGIN
         print(f"{'PASS' if ratio >= 1.0 else 'MISS'} fineplat >= 1.0x trainer+peft ({ratio:.2f}x)")

@@ -8,6 +8,7 @@ adapter the same question over HTTP and prints a summary of every number measure
 
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -157,6 +158,12 @@ def main() -> None:
     )
 
 
+def _reasons(markdown: str) -> str:
+    """'code ×n' pairs from a reasons markdown table."""
+    pairs = re.findall(r"\|\s*([a-z_]+)\s*\|\s*(\d+)\s*\|", markdown)
+    return ", ".join(f"{code} ×{count}" for code, count in pairs) or "—"
+
+
 def _summary(
     stages, trained, evaluation, registered, base, served, question, base_reply, adapter_reply, timings, total
 ) -> None:  # type: ignore[no-untyped-def]
@@ -171,7 +178,7 @@ def _summary(
             str(meta["rows_in"]),
             str(meta["kept"]),
             str(meta["rejected"]),
-            str(meta["reasons"]).replace("\n", " "),
+            _reasons(str(meta["reasons"])),
         )
     console.print(table)
     d = stages["decontaminated_dataset"]

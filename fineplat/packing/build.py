@@ -15,7 +15,7 @@ from fineplat.packing.pack import pack_examples, packing_efficiency
 from fineplat.packing.tokenize import TokenizedExample, tokenize_record
 
 HOLDOUT_FRACTION = 0.1  # share of rows held out for validation loss and the task-holdout eval
-MAX_HOLDOUT_ROWS = 200  # cap: evaluation generates token by token, keep it bounded
+MAX_HOLDOUT_ROWS = 100  # cap: evaluation generates token by token, keep it bounded
 MANIFEST = "manifest.json"
 
 

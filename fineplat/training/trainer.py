@@ -343,13 +343,19 @@ def train(
         label_tokens, step_tokens = (int(n) for n in distributed.sum_over_ranks(counts, device))
         step_loss = 0.0
         for batch in batches:
-            if config.method == "dpo":
-                loss_sum, _ = dpo_loss_sum(train_model, batch, config.dpo_beta)
-            else:
-                loss_sum, _ = lm_loss_sum(train_model, batch)
-            loss_sum = loss_sum * batch["weight"]
-            # DDP/FSDP average gradients over ranks; scale so the result is the global token mean.
-            (loss_sum * world / max(1, label_tokens)).backward()
+            try:
+                if config.method == "dpo":
+                    loss_sum, _ = dpo_loss_sum(train_model, batch, config.dpo_beta)
+                else:
+                    loss_sum, _ = lm_loss_sum(train_model, batch)
+                loss_sum = loss_sum * batch["weight"]
+                # DDP/FSDP average gradients over ranks; scale so the result is the global token mean.
+                (loss_sum * world / max(1, label_tokens)).backward()
+            except torch.OutOfMemoryError as exc:  # retrying the same config would fail the same way
+                raise TrainingError(
+                    f"step {state.step + 1}: out of memory ({exc}); lower batch_size or max_seq_len, "
+                    "raise gradient_accumulation_steps, or set gradient_checkpointing=true"
+                ) from exc
             step_loss += float(loss_sum.detach())
         step_loss = distributed.sum_over_ranks([step_loss], device)[0]
         loss_value = step_loss / max(1, label_tokens)

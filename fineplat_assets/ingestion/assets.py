@@ -31,7 +31,7 @@ from fineplat.ingestion import (
     write_parquet,
     write_quarantine,
 )
-from fineplat.ingestion.stats import dataset_statistics
+from fineplat.ingestion.stats import dataset_statistics, source_breakdown
 from fineplat.storage import ObjectStore
 from fineplat.submission import read_upload
 from fineplat_assets.metadata import plot_histogram, png_markdown, report_table
@@ -78,6 +78,16 @@ def _blocking_check(name: str, report: dict[str, Any]) -> AssetCheckResult:
         severity=AssetCheckSeverity.ERROR,
         metadata={"problems": MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
     )
+
+
+def _per_source_table(breakdown: dict[str, dict[str, int]]) -> str:
+    columns = ["rows_in", "quarantined", "duplicates", "contaminated", "kept"]
+    lines = ["| source | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [
+        f"| {Path(src).name} | " + " | ".join(str(v[c]) for c in columns) + " |"
+        for src, v in breakdown.items()
+    ]
+    return "\n".join(lines)
 
 
 @asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"polars"})
@@ -223,6 +233,7 @@ def decontaminated_dataset(
             "loss_token_share": float(stats["loss_token_share"]),
             "length_histogram": png_markdown(plot_path, "tokens per row"),
             "matches": MetadataValue.json(result.report.get("matches", [])[:20]),
+            "per_source": MetadataValue.md(_per_source_table(source_breakdown(reports))),
         }
     )
     return MaterializeResult(

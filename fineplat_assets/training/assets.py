@@ -35,6 +35,7 @@ GROUP = "training"
 # Spot capacity can vanish repeatedly; each preemption resumes from a checkpoint, so allow many.
 MAX_PREEMPTION_RETRIES = 10
 PREEMPTION_RETRY_WAIT_SECONDS = 5
+RUN_SUMMARY = "fineplat_run.json"  # written beside the output: what the run measured
 
 
 def job_keys(job_id: str) -> dict[str, str]:
@@ -123,13 +124,12 @@ def adapter(
     previous = reg.find_succeeded_job(identity)
     if previous is not None and store.exists(job_keys(previous.id)["output"]) and context.retry_number == 0:
         context.log.info(f"identical run {previous.id} already succeeded; reusing its output")
-        return MaterializeResult(
-            metadata={
-                "reused_from_job": previous.id,
-                "uri": store.uri(job_keys(previous.id)["output"]),
-                "job_id": spec.job_id,
-            }
+        previous_output = store.local(job_keys(previous.id)["output"])
+        result = json.loads((previous_output / RUN_SUMMARY).read_text())
+        metadata = _trained_metadata(
+            reg, store, previous.id, result, previous_output, config.method, attempts=0
         )
+        return MaterializeResult(metadata={**metadata, "job_id": spec.job_id, "reused_from_job": previous.id})
     reg.update_job(
         spec.job_id, status="running", attempts=context.retry_number + 1, dagster_run_id=context.run_id
     )
@@ -167,31 +167,39 @@ def adapter(
             allow_retries=False,
         )
     result = next(m["result"] for m in messages if isinstance(m, dict) and "result" in m)
-    validation = [(m.step, m.value) for m in reg.metrics(spec.job_id, "validation_loss")]
-    all_losses = [m.value for m in sorted(reg.metrics(spec.job_id, "loss"), key=lambda m: m.step)]
-    curve = plot_loss_curve(
-        all_losses, Path(store.local(keys["data"])) / "loss_curve.png", validation=validation
-    )
-    (Path(output_dir) / "fineplat_run.json").write_text(
+    (Path(output_dir) / RUN_SUMMARY).write_text(
         json.dumps({**result, "job_id": spec.job_id}, indent=2, default=str)
     )
-    return MaterializeResult(
-        metadata={
-            "job_id": spec.job_id,
-            "method": config.method,
-            "steps": result["steps"],
-            "loss_first": all_losses[0] if all_losses else result["first_loss"],
-            "loss_last": result["final_loss"],
-            "validation_loss": result["validation_loss"],
-            "tokens_per_second": round(result["tokens_per_second"], 1),
-            "packing_efficiency": result["packing_efficiency"],
-            "attempts": context.retry_number + 1,
-            "resumed_from_step": result["resumed_from_step"],
-            "mlflow_run_id": result["mlflow_run_id"],
-            "loss_curve": png_markdown(curve, "training loss"),
-            "uri": MetadataValue.path(str(output_dir)),
-        }
+    metadata = _trained_metadata(
+        reg, store, spec.job_id, result, Path(output_dir), config.method, context.retry_number + 1
     )
+    return MaterializeResult(metadata=metadata)
+
+
+def _trained_metadata(
+    reg, store, job_id: str, result: dict, output_dir: Path, method: str, attempts: int
+) -> dict:  # type: ignore[no-untyped-def]
+    """Metadata of a trained output: loss first → last over all attempts, throughput, the loss curve."""
+    validation = [(m.step, m.value) for m in reg.metrics(job_id, "validation_loss")]
+    all_losses = [m.value for m in sorted(reg.metrics(job_id, "loss"), key=lambda m: m.step)]
+    curve = plot_loss_curve(
+        all_losses, Path(store.local(job_keys(job_id)["data"])) / "loss_curve.png", validation=validation
+    )
+    return {
+        "job_id": job_id,
+        "method": method,
+        "steps": result["steps"],
+        "loss_first": all_losses[0] if all_losses else result["first_loss"],
+        "loss_last": result["final_loss"],
+        "validation_loss": result["validation_loss"],
+        "tokens_per_second": round(result["tokens_per_second"], 1),
+        "packing_efficiency": result["packing_efficiency"],
+        "attempts": attempts,
+        "resumed_from_step": result["resumed_from_step"],
+        "mlflow_run_id": result["mlflow_run_id"],
+        "loss_curve": png_markdown(curve, "training loss"),
+        "uri": MetadataValue.path(str(output_dir)),
+    }
 
 
 def holdout_records(data_dir: Path) -> list[str]:
