@@ -271,17 +271,22 @@ def prototype_parity(base: BaseModelInfo, data_dir: Path, tokenizer: Any) -> flo
     return worst
 
 
-def profile_fineplat(
-    config: TrainConfig, base: BaseModelInfo, data_dir: Path, workdir: Path, tokens: int
-) -> None:
-    """Print where one fineplat run spends its time (cProfile, cumulative, top 30)."""
+def profile_fineplat(config: TrainConfig, base: BaseModelInfo, data_dir: Path, workdir: Path) -> None:
+    """Print where fineplat's steps spend their time: torch.profiler's operator table (self CPU
+    time) over a 3-step run, then the Python functions (cProfile, own time) of the same run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    short = config.model_copy(update={"max_steps": 3})
     profiler = cProfile.Profile()
-    profiler.enable()
-    measured = run_fineplat("profiled", config, base, data_dir, workdir, tokens)
-    profiler.disable()
+    with profile(activities=[ProfilerActivity.CPU]) as operators:
+        profiler.enable()
+        run_fineplat("profiled", short, base, data_dir, workdir, 0)
+        profiler.disable()
+    print("operators of a 3-step fineplat run (self CPU time):")
+    print(operators.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
-    print(f"profile of one fineplat run ({measured.tokens_per_second:,.0f} tok/s under cProfile):")
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    print("Python functions of the same run (own time):")
     print(text.getvalue())
 
 
@@ -402,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratio * TRAINER_PEFT_ORIENTATION_TOKENS_PER_SECOND:,.0f} tok/s"
         )
         if args.profile:
-            profile_fineplat(config, base, data_dir, workdir, tokens)
+            profile_fineplat(config, base, data_dir, workdir)
     return 0
 
 

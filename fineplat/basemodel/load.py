@@ -71,7 +71,11 @@ def resolve_base_model(name_or_path: str, *, build_if_missing: bool = True) -> B
     try:
         from huggingface_hub import snapshot_download
 
-        cached = Path(snapshot_download(repo_id=name_or_path, local_files_only=True))
+        # Read the cache location now, not at huggingface_hub's import time.
+        cache_dir = os.environ.get("HF_HUB_CACHE") or (
+            str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+        )
+        cached = Path(snapshot_download(repo_id=name_or_path, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # the hub client raises several types for "not cached"
         raise BaseModelError(
             f"base model {name_or_path!r}: not a local directory and not in the Hugging Face cache "
