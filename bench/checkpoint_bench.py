@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import LoopClock, build_bench_model, prepare_dataset, set_threads
+from common import LoopClock, bench_config, build_bench_model, prepare_dataset, set_threads
 
 from fineplat.basemodel import BaseModelInfo, load_tokenizer
 from fineplat.hashing import hash_file
@@ -203,7 +203,7 @@ def probe_checkpoint_path(params: int, workdir: Path) -> ProbeResult:
     model(torch.randn(2, side)).sum().backward()
     optimizer.step()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    config = TrainConfig(method="sft")
+    config = bench_config(method="sft")
     root = workdir / f"probe-{time.monotonic_ns()}"
     seconds = timed_saves(root, model, optimizer, scheduler, config, config.keep_checkpoints + 2)
     latest = ckpt.latest_checkpoint(root)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer, rows = prepare_dataset(workdir, base, count)
         data_dir = workdir / f"data-packed-{count}"
         build_training_data(rows, tokenizer, data_dir, max_seq_len=MAX_SEQ_LEN, packing=True)
-        configs = {method: TrainConfig(method=method, max_seq_len=MAX_SEQ_LEN) for method in ("lora", "sft")}
+        configs = {method: bench_config(method=method, max_seq_len=MAX_SEQ_LEN) for method in ("lora", "sft")}
         interval = configs["lora"].checkpoint_interval
         rounds: dict[str, list[MethodRound]] = {method: [] for method in configs}
         for round_index in range(repeats):

@@ -222,7 +222,7 @@ def measure(
     compile_model: bool,
 ) -> Measurement:
     """Train `warmup + steps` steps as fineplat's loop does; time the last `steps`."""
-    config = TrainConfig(method=method, max_seq_len=shape.seq_len, dtype="bfloat16")
+    config = TrainConfig.model_validate({"method": method, "max_seq_len": shape.seq_len, "dtype": "bfloat16"})
     torch.manual_seed(0)
     model = build_model(shape, device, dtype, attn)
     if method == "lora":

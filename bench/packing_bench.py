@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from common import (
+    bench_config,
     build_bench_model,
     interleave,
     prepare_dataset,
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         base = build_bench_model(workdir, quick=args.quick)
         tokenizer, rows = prepare_dataset(workdir, base, count)
         configs = {
-            packing: TrainConfig(method=args.method, n_epochs=1, max_seq_len=MAX_SEQ_LEN, packing=packing)
+            packing: bench_config(method=args.method, n_epochs=1, max_seq_len=MAX_SEQ_LEN, packing=packing)
             for packing in (True, False)
         }
         dirs = {

@@ -48,6 +48,7 @@ from typing import Any
 
 from common import (
     Throughput,
+    bench_config,
     build_bench_model,
     interleave,
     median_rate,
@@ -174,7 +175,7 @@ def document_sdpa_prototype() -> Any:
     from transformers.integrations.sdpa_attention import repeat_kv
     from transformers.modeling_utils import AttentionInterface
 
-    original = AttentionInterface._global_mapping["sdpa"]
+    original: Callable[..., tuple[torch.Tensor, None]] = AttentionInterface._global_mapping["sdpa"]  # type: ignore[assignment]
     bucket_ratio = 0.7  # a new bucket starts below 70% of the current bucket's longest example
 
     def plan(positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -258,7 +259,7 @@ def prototype_parity(base: BaseModelInfo, data_dir: Path, tokenizer: Any) -> flo
     from fineplat.training.trainer import lm_loss_sum, prepare_model
 
     data = load_training_data(data_dir, tokenizer.pad_token_id)
-    model = prepare_model(TrainConfig(method="lora"), base.path)
+    model = prepare_model(bench_config(method="lora"), base.path)
     worst = 0.0
     with torch.no_grad():
         for start in range(data.rows - 8, data.rows, 4):  # the last windows hold the most examples
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         base = build_bench_model(workdir, quick=args.quick)
         tokenizer, rows = prepare_dataset(workdir, base, count)
-        config = TrainConfig(method="lora", n_epochs=1, max_seq_len=MAX_SEQ_LEN)
+        config = bench_config(method="lora", n_epochs=1, max_seq_len=MAX_SEQ_LEN)
         data_dir = workdir / f"data-packed-{count}"
         manifest = build_training_data(rows, tokenizer, data_dir, max_seq_len=MAX_SEQ_LEN, packing=True)
         examples = train_split_examples(rows, tokenizer, MAX_SEQ_LEN)

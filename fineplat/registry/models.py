@@ -193,3 +193,8 @@ class StageTransitionRow(Base):
     at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, default=utcnow, server_default=sa.func.now()
     )
+
+
+# The registry's own alembic version table: the registry may share a PostgreSQL database with
+# Dagster's storage, which keeps its revision in the default `alembic_version` table.
+VERSION_TABLE = "fineplat_registry_version"

@@ -49,6 +49,7 @@ from fineplat.registry.models import (
     JOB_STATUSES,
     MODEL_KINDS,
     MODEL_STAGES,
+    VERSION_TABLE,
     DatasetArtifactRow,
     ModelArtifactRow,
     RunMetricRow,
@@ -347,7 +348,9 @@ class Registry:
     def schema_revision(self) -> str | None:
         """The migration revision the database is at (None for an empty database)."""
         with self._engine.connect() as connection:
-            revision: str | None = MigrationContext.configure(connection).get_current_revision()
+            revision: str | None = MigrationContext.configure(
+                connection, opts={"version_table": VERSION_TABLE}
+            ).get_current_revision()
             return revision
 
     def _require_schema(self) -> None:

@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     lora_rank: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target_modules: tuple[str, ...] = ALL_LINEAR
+    lora_target_modules: tuple[str, ...] = tuple(sorted(ALL_LINEAR))  # canonical order: hashes agree
     warmup_ratio: float = Field(0.03, ge=0, lt=1)  # share of steps with linear warm-up
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)

@@ -38,6 +38,7 @@ def ratios(output: str) -> dict[str, float]:
 
 
 def assert_positive_finite(values: dict[str, float]) -> None:
+    """Every ratio is a real measurement: a positive, finite number."""
     for name, value in values.items():
         assert math.isfinite(value) and value > 0, f"{name} = {value}"
 
@@ -89,15 +90,18 @@ def test_gpu_mfu_dry_run_prints_mfu_for_sft_and_lora() -> None:
 
 
 def _load_common() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_common", BENCH / "common.py")
+    """bench/common.py as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("fineplat_bench_common", BENCH / "common.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.fixture(scope="module")
 def common() -> ModuleType:
+    """The benchmarks' shared helpers, loaded from their file."""
     return _load_common()
 
 

@@ -6,15 +6,21 @@ the registry and Dagster storage on PostgreSQL."""
 
 from __future__ import annotations
 
-import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetKey, DagsterInstance, build_sensor_context, instance_for_test
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    build_sensor_context,
+    instance_for_test,
+    partition_loading_context,
+)
 
 from fineplat.basemodel import load_base_model, load_tokenizer, resolve_base_model
-from fineplat.demo.dataset import SAMPLE_BENCHMARK, PlantedFlaws
+from fineplat.demo.dataset import SAMPLE_BENCHMARK, PlantedFlaws, task_row
 from fineplat.evaluation.holdout import generate_replies
 from fineplat.registry import Registry
 from fineplat.serving.embedded import EmbeddedServingPool
@@ -25,7 +31,7 @@ from fineplat.training.config import TrainConfig
 
 E2E_CLEAN_ROWS = 240  # as in conftest.sample_dataset
 E2E_FLAWS = PlantedFlaws()
-TEST_CONFIG = dict(method="lora", max_steps=30, batch_size=4, learning_rate_multiplier=25.0, lora_rank=8, lora_alpha=16,
+TEST_CONFIG = dict(method="lora", max_steps=60, batch_size=4, learning_rate_multiplier=15.0, lora_rank=8, lora_alpha=16,
                    max_seq_len=256, checkpoint_interval=10)  # fmt: skip
 
 
@@ -60,7 +66,11 @@ def _run_everything(
     upload = stage_upload(store, sample_dataset, name="router", benchmarks=[SAMPLE_BENCHMARK])
     instance.add_dynamic_partitions("dataset_uploads", [upload.partition])
     upload_sensor = defs.get_sensor_def("dataset_upload_sensor")
-    requests = upload_sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests
+    with (
+        partition_loading_context(dynamic_partitions_store=instance),
+        build_sensor_context(instance=instance, definitions=defs) as upload_context,
+    ):
+        requests = upload_sensor.evaluate_tick(upload_context).run_requests
     assert [r.partition_key for r in requests or []] == [upload.partition]
     assert (
         defs.resolve_job_def("ingest_dataset")
@@ -118,12 +128,11 @@ def _run_everything(
     # The registry's lineage equals what the assets recorded.
     registry = Registry(registry_url)
     lineage = registry.lineage(registered["model_id"])
-    assert (
-        registered["base_model_sha"] == prepared["base_model_sha"] == base.sha == lineage["base_model"]["sha"]
-    )
+    assert registered["base_model_sha"] == prepared["base_model_sha"] == base.sha == lineage["base_model_sha"]
     assert registered["dataset_id"] == prepared["dataset_id"] == dataset_id == lineage["dataset"]["id"]
     assert registered["hparams_hash"] == config.config_hash() == lineage["hparams_hash"]
-    assert lineage["evaluation"]["candidate_exact_match"] == evaluation["adapter_exact_match"]
+    assert lineage["eval_results"]["candidate_exact_match"] == evaluation["adapter_exact_match"]
+    assert lineage["job"]["id"] == job_id and lineage["job"]["config_hash"] == prepared["config_hash"]
     job = registry.get_job(job_id)
     assert job.status == "succeeded" and job.current_step == TEST_CONFIG["max_steps"]
     assert [m.step for m in registry.metrics(job_id, "loss")] == list(range(1, TEST_CONFIG["max_steps"] + 1))
@@ -133,42 +142,35 @@ def _run_everything(
         sensor = defs.get_sensor_def("promote_adapters_sensor")
         with build_sensor_context(instance=instance, resources=defs.resources) as sensor_context:
             requests = sensor.evaluate_tick(sensor_context).run_requests or []
-        if evaluation["passed"]:
-            assert [r.run_key for r in requests] == [registered["model_id"]]
-            for request in requests:
-                assert (
-                    defs.resolve_job_def("deploy_adapter_job")
-                    .execute_in_process(instance=instance, run_config=request.run_config)
-                    .success
-                )
-            assert registry.get_model(registered["model_id"]).stage == "production"
-            prompt = json.loads(sample_dataset.read_text().splitlines()[0])
-            question = [m for m in prompt.get("messages", []) if m["role"] == "user"][:1] or [
-                {"role": "user", "content": "Which queue?"}
-            ]
-            with serving.client() as client:
-                served_models = client.list_models()
-                assert registered["serving_name"] in served_models
-                over_http_adapter = client.chat(registered["serving_name"], question, max_tokens=12)
-                over_http_base = client.chat(served_models[0], question, max_tokens=12)
-            tokenizer = load_tokenizer(base.path)
-            from peft import PeftModel
+        assert evaluation["passed"], evaluation  # the task is learned: far above the base
+        assert [r.run_key for r in requests] == [registered["model_id"]]
+        for request in requests:
+            assert (
+                defs.resolve_job_def("deploy_adapter_job")
+                .execute_in_process(instance=instance, run_config=request.run_config)
+                .success
+            )
+        assert registry.get_model(registered["model_id"]).stage == "production"
+        question = task_row(random.Random(99))["messages"][:1]  # a message the adapter never saw
+        with serving.client() as client:
+            served_models = client.list_models()
+            assert registered["serving_name"] in served_models
+            over_http_adapter = client.chat(registered["serving_name"], question, max_tokens=12)
+            over_http_base = client.chat(served_models[0], question, max_tokens=12)
+        tokenizer = load_tokenizer(base.path)
+        from peft import PeftModel
 
-            adapter_dir = Path(registry.get_model(registered["model_id"]).uri.removeprefix("file://"))
-            local_adapter = generate_replies(
-                PeftModel.from_pretrained(load_base_model(base.path), str(adapter_dir)),
-                tokenizer,
-                [question],
-                max_new_tokens=12,
-            )[0]
-            local_base = generate_replies(
-                load_base_model(base.path), tokenizer, [question], max_new_tokens=12
-            )[0]
-            assert over_http_adapter.strip() == local_adapter.strip()
-            assert over_http_base.strip() == local_base.strip()
-            assert over_http_adapter != over_http_base
-        else:
-            assert requests == []
+        adapter_dir = Path(registry.get_model(registered["model_id"]).uri.removeprefix("file://"))
+        local_adapter = generate_replies(
+            PeftModel.from_pretrained(load_base_model(base.path), str(adapter_dir)),
+            tokenizer,
+            [question],
+            max_new_tokens=12,
+        )[0]
+        local_base = generate_replies(load_base_model(base.path), tokenizer, [question], max_new_tokens=12)[0]
+        assert over_http_adapter.strip() == local_adapter.strip()
+        assert over_http_base.strip() == local_base.strip()
+        assert over_http_adapter != over_http_base
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from setuptools import find_namespace_packages
 
 from fineplat.errors import RegistryError
 from fineplat.registry import DatasetArtifact, Job, ModelArtifact, Registry, head_revision
-from fineplat.registry.models import Base
+from fineplat.registry.models import VERSION_TABLE, Base
 
 BASE_SHA = "b" * 64  # the factories' base model SHA (conftest.py)
 DATASET_ID = "d" * 64  # the factories' dataset content hash (conftest.py)
@@ -32,7 +32,7 @@ def test_migrate_creates_every_table_on_an_empty_database(registry_url: str) -> 
     assert registry.schema_revision() is None
     assert registry.migrate() == head_revision() == "0001"
     tables = set(sa.inspect(sa.create_engine(registry_url)).get_table_names())
-    assert tables == TABLES | {"alembic_version"}
+    assert tables == TABLES | {VERSION_TABLE}
     registry.close()
 
 
@@ -44,7 +44,7 @@ def test_migrate_is_idempotent_and_keeps_data(
     assert Registry(registry_url).migrate() == "0001"
     engine = sa.create_engine(registry_url)
     with engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [
+        assert connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [
             "0001"
         ]
         assert connection.execute(sa.text("SELECT count(*) FROM dataset_artifacts")).scalar_one() == 1
@@ -54,7 +54,9 @@ def test_migrate_is_idempotent_and_keeps_data(
 def test_orm_models_and_migrations_have_no_drift(registry: Registry, registry_url: str) -> None:
     engine = sa.create_engine(registry_url)
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
         assert compare_metadata(context, Base.metadata) == []
         # The comparison can fail: a column the migration lacks is reported.
         drifted = sa.MetaData()
