@@ -135,11 +135,15 @@ def is_complete(checkpoint: Path) -> bool:
         return False
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
+def list_checkpoints(root: Path, *, verify: bool = True) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first. `verify` re-hashes every file against the
+    manifest (resume does); without it a manifest's presence is enough (pruning, which runs at
+    every save and must not read gigabytes back)."""
     if not root.is_dir():
         return []
     candidates = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+    if not verify:
+        return [p for p in candidates if (p / MANIFEST).is_file()]
     return [p for p in candidates if is_complete(p)]
 
 
@@ -154,7 +158,7 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     for stale in root.glob(f".{_PREFIX}*.tmp-*"):
         if stale.is_dir() and f"tmp-{os.getpid()}-" not in stale.name:
             shutil.rmtree(stale, ignore_errors=True)
-    for old in list_checkpoints(root)[:-keep]:
+    for old in list_checkpoints(root, verify=False)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
