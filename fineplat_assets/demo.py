@@ -143,6 +143,11 @@ def main() -> None:
                 registered["serving_name"], [{"role": "user", "content": question}], max_tokens=24
             )
     timings["deploy + HTTP"] = time.perf_counter() - t
+    from fineplat.registry import Registry
+
+    registered["stage"] = (
+        Registry(paths().registry_url).get_model(registered["model_id"]).stage
+    )  # after deploy
     _summary(
         stages,
         trained,
