@@ -29,6 +29,12 @@ def task_rows(count: int, seed: int = 3) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="session")
+def make_task_rows():  # type: ignore[no-untyped-def]
+    """`task_rows` for test modules (conftest helpers cannot be imported under importlib mode)."""
+    return task_rows
+
+
+@pytest.fixture(scope="session")
 def small_training_data(tiny_base_model: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """120 examples packed into 128-token windows (about 40 windows)."""
     out = tmp_path_factory.mktemp("training_data")

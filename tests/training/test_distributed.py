@@ -8,24 +8,20 @@ none (it joins the gradient all-reduce with weight 0)."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fineplat.basemodel import BaseModelInfo, load_tokenizer
-from fineplat.demo.dataset import task_row
 from fineplat.errors import ConfigError
 from fineplat.packing.build import build_training_data
 from fineplat.training import TrainConfig
@@ -67,24 +63,14 @@ sys.exit(main())
 """
 
 
-def _task_rows(count: int, seed: int) -> pl.DataFrame:
-    rng = random.Random(seed)
-    records = [json.dumps(task_row(rng)) for _ in range(count)]
-    return pl.DataFrame(
-        {
-            "kind": ["chat"] * count,
-            "record": records,
-            "content_hash": [hashlib.sha256(r.encode()).hexdigest() for r in records],
-        }
-    )
-
-
 @pytest.fixture(scope="module")
-def odd_data(tiny_base_model: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def odd_data(
+    tiny_base_model: BaseModelInfo, tmp_path_factory: pytest.TempPathFactory, make_task_rows
+) -> Path:  # type: ignore[no-untyped-def]
     """21 windows: 5 full global micro-batches of 4 and one of a single row per epoch."""
     out = tmp_path_factory.mktemp("odd_data")
     manifest = build_training_data(
-        _task_rows(26, seed=11), load_tokenizer(tiny_base_model.path), out, max_seq_len=128
+        make_task_rows(26, seed=11), load_tokenizer(tiny_base_model.path), out, max_seq_len=128
     )
     assert manifest.train_rows % (WORLD * 2) == 1
     return out
