@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip wheel
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,quant]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,quant,deepspeed]'
 	touch $(STAMP)
 
 install: $(STAMP)

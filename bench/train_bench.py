@@ -4,7 +4,7 @@ the same LoRA adapter, interleaved in one process.
 
     .venv/bin/python bench/train_bench.py              # 1,500 Alpaca-like rows, 3 interleaved rounds
     .venv/bin/python bench/train_bench.py --quick      # smoke run (a few seconds of training)
-    .venv/bin/python bench/train_bench.py --prototype  # + prototypes of trainer changes (below)
+    .venv/bin/python bench/train_bench.py --ablation   # + fineplat without per-example attention
     .venv/bin/python bench/train_bench.py --profile    # + cProfile of one fineplat run
 
 What is measured: effective (non-padding) tokens per second over one epoch of the training split,
@@ -13,16 +13,16 @@ final checkpoint and saving fall outside for every contender). The contenders:
 
 - `fineplat`: `fineplat.training.trainer.train` with `TrainConfig(method="lora", n_epochs=1)`:
   packing into 512-token windows, batch "auto" (16 windows), LoRA r=16/alpha=32 on all seven linear
-  projections, float32, sdpa.
+  projections, float32, sdpa (per-example sdpa on packed windows, logits at label positions only).
 - `trainer+peft`: `transformers.Trainer` defaults (batch 8 examples, random order, fused AdamW,
   linear schedule), `DataCollatorForSeq2Seq` padding each batch to its longest example, the same
   peft `LoraConfig`, the same tokenized examples (fineplat's tokenization of the same split), one
   epoch; `save_strategy="no"` and no progress bar, the only changes from defaults.
 - `trainer+peft group_by_length`: the same with `train_sampling_strategy="group_by_length"`
   (transformers 5's name for the old `group_by_length=True`), which batches similar lengths.
-- `--prototype` adds fineplat runs with changes the trainer does not have (measured, not shipped):
-  per-example attention for packed windows (`document_sdpa_prototype`), 2-window micro-batches with
-  8-step gradient accumulation (the same 16-window optimizer step and gradients), and both.
+- `--ablation` adds `fineplat masked-sdpa`: the same run with transformers' own sdpa on the packed
+  windows (a dense block-diagonal mask over every 512 x 512 window, full logits): what the
+  per-example attention of `fineplat.training.attention` is worth.
 
 Each contender's rate is printed per wall-clock second and per CPU-second of this process: with one
 torch thread (`--threads 1`, advisable on a shared machine) CPU time excludes the time other jobs
@@ -42,7 +42,6 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +71,7 @@ QUICK_EXAMPLES = 96
 # the required margin over it.
 LLAMA_FACTORY_BEST_TOKENS_PER_SECOND = 16_900
 REQUIRED_MARGIN = 1.15
-# Names of the --prototype contenders (changes measured here, not shipped in the trainer).
-DOC_ATTENTION = "proto: doc-attention"
-MICRO = "proto: micro-batch 2x8"
-MICRO_DOC_ATTENTION = "proto: micro 2x8 + doc-attention"
+MASKED_SDPA = "fineplat masked-sdpa"  # the --ablation contender
 TRAINER_PEFT_ORIENTATION_TOKENS_PER_SECOND = 14_400  # plain Trainer + peft, same machine idle (issue #3)
 
 
@@ -157,119 +153,18 @@ def trainer_peft_run(
     )
 
 
-def document_sdpa_prototype() -> Any:
-    """A context manager that, while open, makes transformers' "sdpa" attention attend within each
-    packed example only, instead of over the whole window through a dense block-diagonal mask.
-    A prototype of a trainer change, measured here and not shipped.
+def masked_sdpa_run(
+    config: TrainConfig, base: BaseModelInfo, data_dir: Path, workdir: Path, tokens: int
+) -> Throughput:
+    """fineplat with transformers' own masked sdpa on packed windows (the ablation)."""
+    import fineplat.training.trainer as trainer
 
-    Why: sdpa with a [B, 1, T, T] mask computes all T x T scores of a 512-token window although
-    its ~5 examples need only the blocks on the diagonal (about a third of them here). Flash
-    attention's varlen kernel skips the rest on GPUs; CPU sdpa has no varlen kernel, and one sdpa
-    call per example costs more in call overhead than it saves. So the prototype gathers the batch's
-    examples into a few length buckets (each padded to its longest member, members within 30% of
-    it), runs one causal sdpa per bucket and scatters the outputs back."""
-    import contextlib
-
-    import torch
-    import torch.nn.functional as F
-    from transformers.integrations.sdpa_attention import repeat_kv
-    from transformers.modeling_utils import AttentionInterface
-
-    original: Callable[..., tuple[torch.Tensor, None]] = AttentionInterface._global_mapping["sdpa"]  # type: ignore[assignment]
-    bucket_ratio = 0.7  # a new bucket starts below 70% of the current bucket's longest example
-
-    def plan(positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        flat = positions.flatten()
-        starts = (flat == 0).nonzero().flatten().tolist()
-        examples = sorted(
-            ((end - start, start) for start, end in zip(starts, [*starts[1:], flat.numel()], strict=True)),
-            reverse=True,
-        )
-        buckets: list[list[tuple[int, int]]] = []
-        for length, start in examples:
-            if not buckets or length < bucket_ratio * buckets[-1][0][0]:
-                buckets.append([])
-            buckets[-1].append((length, start))
-        out = []
-        for bucket in buckets:
-            steps = torch.arange(bucket[0][0], device=positions.device)
-            first = torch.tensor([s for _, s in bucket], device=positions.device)[:, None]
-            lengths = torch.tensor([n for n, _ in bucket], device=positions.device)[:, None]
-            gather = first + torch.minimum(
-                steps[None, :], lengths - 1
-            )  # right-pad by repeating the last token
-            valid = steps[None, :] < lengths
-            out.append((gather, valid, gather[valid]))
-        return out
-
-    def attention(
-        module: Any,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        dropout: float = 0.0,
-        scaling: float | None = None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, None]:
-        positions = kwargs.get("position_ids")
-        batch, heads, length, dim = query.shape
-        if (
-            positions is None
-            or length == 1
-            or key.shape[2] != length
-            or not bool((positions[:, 1:] == 0).any())
-        ):
-            return original(
-                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-            )
-        groups = getattr(module, "num_key_value_groups", 1)
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-        q, k, v = (t.transpose(1, 2).reshape(batch * length, heads, dim) for t in (query, key, value))
-        output = q.new_zeros(batch * length, heads, dim)
-        for gather, valid, destination in plan(positions.expand(batch, -1)):
-            attended = F.scaled_dot_product_attention(
-                q[gather].transpose(1, 2),
-                k[gather].transpose(1, 2),
-                v[gather].transpose(1, 2),
-                dropout_p=dropout,
-                scale=scaling,
-                is_causal=True,
-            )
-            output = output.index_put((destination,), attended.transpose(1, 2)[valid])
-        return output.reshape(batch, length, heads, dim), None
-
-    @contextlib.contextmanager
-    def swapped() -> Any:
-        AttentionInterface._global_mapping["sdpa"] = attention
-        try:
-            yield
-        finally:
-            AttentionInterface._global_mapping["sdpa"] = original
-
-    return swapped()
-
-
-def prototype_parity(base: BaseModelInfo, data_dir: Path, tokenizer: Any) -> float:
-    """Largest relative difference of the summed loss of packed batches between the shipped sdpa
-    path and the per-example prototype (they must agree: same math, fewer masked scores)."""
-    import torch
-
-    from fineplat.training.data import load_training_data
-    from fineplat.training.trainer import lm_loss_sum, prepare_model
-
-    data = load_training_data(data_dir, tokenizer.pad_token_id)
-    model = prepare_model(bench_config(method="lora"), base.path)
-    worst = 0.0
-    with torch.no_grad():
-        for start in range(data.rows - 8, data.rows, 4):  # the last windows hold the most examples
-            batch = data.train_batch(list(range(start, min(start + 4, data.rows))))
-            reference, _ = lm_loss_sum(model, batch)
-            with document_sdpa_prototype():
-                candidate, _ = lm_loss_sum(model, batch)
-            worst = max(worst, abs(float(candidate) - float(reference)) / abs(float(reference)))
-    assert worst < 1e-4, f"prototype attention disagrees with sdpa: {worst}"
-    return worst
+    shipped = trainer.use_packed_sdpa
+    trainer.use_packed_sdpa = lambda model, max_seq_len: False
+    try:
+        return run_fineplat("masked-sdpa", config, base, data_dir, workdir, tokens)
+    finally:
+        trainer.use_packed_sdpa = shipped
 
 
 def profile_fineplat(config: TrainConfig, base: BaseModelInfo, data_dir: Path, workdir: Path) -> None:
@@ -301,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (3; quick: 1)")
     parser.add_argument("--no-grouped", action="store_true", help="skip the group_by_length baseline")
     parser.add_argument(
-        "--prototype",
+        "--ablation",
         action="store_true",
-        help="also run prototypes of trainer changes: per-example attention, 2-window micro-batches, both",
+        help="also run fineplat with masked sdpa (no per-example attention)",
     )
     parser.add_argument("--profile", action="store_true", help="also cProfile one fineplat run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
@@ -347,23 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 workdir,
                 group_by_length=True,
             )
-        if args.prototype:
-            parity = prototype_parity(base, data_dir, tokenizer)
-            print(f"prototype parity: max relative loss difference {parity:.2e}")
-            # Same optimizer steps and gradients, smaller forward/backward passes: 2 windows per
-            # micro-batch, 8 accumulated (the loop normalizes by the step's total label tokens).
-            micro = config.model_copy(update={"batch_size": 2, "gradient_accumulation_steps": 8})
-
-            def with_document_attention(name: str, run_config: TrainConfig) -> Callable[[], Throughput]:
-                def run() -> Throughput:
-                    with document_sdpa_prototype():
-                        return run_fineplat(name, run_config, base, data_dir, workdir, tokens)
-
-                return run
-
-            runners[DOC_ATTENTION] = with_document_attention("doc-attention", config)
-            runners[MICRO] = lambda: run_fineplat("micro", micro, base, data_dir, workdir, tokens)
-            runners[MICRO_DOC_ATTENTION] = with_document_attention("micro-doc-attention", micro)
+        if args.ablation:
+            runners[MASKED_SDPA] = lambda: masked_sdpa_run(config, base, data_dir, workdir, tokens)
         results = interleave(runners, repeats)
 
         print()
@@ -375,25 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["fineplat"],
                 results["trainer+peft group_by_length"],
             )
-        for name, label in (
-            (DOC_ATTENTION, "doc_attention"),
-            (MICRO, "micro"),
-            (MICRO_DOC_ATTENTION, "micro_doc_attention"),
-        ):
-            if name in results:
-                ratio_lines(f"prototype_{label}/fineplat", results[name], results["fineplat"])
-        if MICRO_DOC_ATTENTION in results:
-            ratio_lines(
-                "prototype_micro_doc_attention/trainer+peft",
-                results[MICRO_DOC_ATTENTION],
-                results["trainer+peft"],
-            )
-            if "trainer+peft group_by_length" in results:
-                ratio_lines(
-                    "prototype_micro_doc_attention/trainer+peft_group_by_length",
-                    results[MICRO_DOC_ATTENTION],
-                    results["trainer+peft group_by_length"],
-                )
+        if MASKED_SDPA in results:
+            ratio_lines("fineplat/fineplat_masked_sdpa", results["fineplat"], results[MASKED_SDPA])
         fineplat_rate = median_rate(results["fineplat"])
         required = LLAMA_FACTORY_BEST_TOKENS_PER_SECOND * REQUIRED_MARGIN
         print(f"{'PASS' if ratio >= 1.0 else 'MISS'} fineplat >= 1.0x trainer+peft ({ratio:.2f}x)")

@@ -73,6 +73,11 @@ class S3ObjectStore:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}".strip("/")
 
+    def object_key(self, key: str) -> str:
+        """The bucket key of an artifact key (the prefix applied), for clients that list or write
+        under it themselves (the checkpoint mirror)."""
+        return self._key(key)
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
@@ -117,6 +122,6 @@ def local_path(store: ObjectStore, key: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     raise NotImplementedError(
-        "in-place checkpoint directories need the local object store; with S3, run training in "
-        "kubernetes mode where the pod syncs its checkpoint directory (k8s_ops)"
+        "in-place directories need the local object store; with S3 the trainer reads and writes "
+        "through the store itself (k8s_ops.train_entry.run_files)"
     )

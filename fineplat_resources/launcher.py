@@ -19,6 +19,7 @@ from pydantic import Field
 from fineplat.training.constants import PREEMPTED_EXIT_CODE
 
 TRAIN_ENTRY_MODULE = "k8s_ops.train_entry"
+REGISTRY_URL_ENV = "FINEPLAT_REGISTRY_URL"  # how the trainer finds the registry (the URL may hold a password)
 
 
 @dataclass
@@ -54,6 +55,16 @@ class ComputeLauncher(ConfigurableResource):
     gpu_count: int = Field(default=1, description="GPUs per Job (torchrun processes).")
     spot: bool = Field(default=True, description="Prefer spot nodes (with on-demand fallback).")
     kubeconfig_file: str = Field(default="", description="Kubeconfig path; empty means in-cluster config.")
+    registry_url_secret: str = Field(
+        default="fineplat-registry",
+        description="Kubernetes Secret whose key `url` holds the registry database URL (it carries a "
+        "password); empty passes the URL as a plain environment variable (development clusters only).",
+    )
+    object_store_credentials_secret: str = Field(
+        default="",
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the object store; empty "
+        "uses the pod's service account (IRSA / Workload Identity).",
+    )
 
     def launch_training(
         self, context: AssetExecutionContext, *, extras: dict[str, Any], env: dict[str, str] | None = None
@@ -94,10 +105,13 @@ class ComputeLauncher(ConfigurableResource):
         from fineplat_resources.k8s import launch_kubernetes_training
         from k8s_ops.job_spec import GpuJobSpec
 
+        plain, secret_env, object_store = self._pod_env(env)
         spec = GpuJobSpec(
             job_id=str(extras["job_id"]),
             image=self.image,
-            env=env,
+            env=plain,
+            secret_env=secret_env,
+            object_store=object_store,
             gpu_type=self.gpu_type,
             gpu_count=self.gpu_count,  # > 1 runs the entry point under torchrun
             spot=self.spot,
@@ -114,3 +128,36 @@ class ComputeLauncher(ConfigurableResource):
             namespace=self.namespace,
         )
         return LaunchResult(exit_code, exit_code == PREEMPTED_EXIT_CODE, invocation)
+
+    def _pod_env(self, env: dict[str, str]) -> tuple[dict[str, str], dict[str, Any], Any]:
+        """Split the trainer environment for a pod: object-store settings become the Job spec's
+        `object_store` (credentials from a Secret or the service account), the registry URL a
+        Secret reference, the rest plain variables."""
+        from k8s_ops.job_spec import (
+            ENV_AWS_REGION,
+            ENV_OBJECT_STORE_BUCKET,
+            ENV_OBJECT_STORE_ENDPOINT,
+            ENV_OBJECT_STORE_PREFIX,
+            ObjectStoreEnv,
+            SecretKeyRef,
+        )
+
+        plain = dict(env)
+        object_store = None
+        bucket = plain.pop(ENV_OBJECT_STORE_BUCKET, None)
+        prefix = plain.pop(ENV_OBJECT_STORE_PREFIX, "")
+        endpoint = plain.pop(ENV_OBJECT_STORE_ENDPOINT, None)
+        region = plain.pop(ENV_AWS_REGION, None)
+        if bucket:
+            object_store = ObjectStoreEnv(
+                bucket=bucket,
+                prefix=prefix,
+                endpoint_url=endpoint,
+                region=region,
+                credentials_secret=self.object_store_credentials_secret or None,
+            )
+        secret_env: dict[str, Any] = {}
+        if self.registry_url_secret and REGISTRY_URL_ENV in plain:
+            plain.pop(REGISTRY_URL_ENV)
+            secret_env[REGISTRY_URL_ENV] = SecretKeyRef(self.registry_url_secret, "url")
+        return plain, secret_env, object_store

@@ -29,6 +29,26 @@ class ObjectStoreResource(ConfigurableResource):
             return S3ObjectStore(self.s3_bucket, self.s3_prefix, client, paths().home / "s3-cache")
         return LocalObjectStore(self.root_path)
 
+    def trainer_env(self) -> dict[str, str]:
+        """Environment for a trainer process that reaches the store itself (`k8s_ops.train_entry`):
+        empty for the local store (the trainer gets paths on this disk); bucket, prefix, endpoint
+        and region for S3 — never credentials (the process's own environment, IRSA or a Secret)."""
+        if not self.s3_bucket:
+            return {}
+        from k8s_ops.job_spec import (
+            ENV_AWS_REGION,
+            ENV_OBJECT_STORE_BUCKET,
+            ENV_OBJECT_STORE_ENDPOINT,
+            ENV_OBJECT_STORE_PREFIX,
+        )
+
+        env = {ENV_OBJECT_STORE_BUCKET: self.s3_bucket, ENV_OBJECT_STORE_PREFIX: self.s3_prefix}
+        if self.endpoint_url:
+            env[ENV_OBJECT_STORE_ENDPOINT] = self.endpoint_url
+        if self.region_name:
+            env[ENV_AWS_REGION] = self.region_name
+        return env
+
     @property
     def root_path(self):  # type: ignore[no-untyped-def]
         from pathlib import Path

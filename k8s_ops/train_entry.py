@@ -10,18 +10,107 @@ PREEMPTED_EXIT_CODE after an emergency checkpoint, or FAILED_EXIT_CODE on a real
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fineplat.training.constants import FAILED_EXIT_CODE, PREEMPTED_EXIT_CODE
+from fineplat.training.constants import FAILED_EXIT_CODE, PREEMPTED_EXIT_CODE, RUN_SUMMARY
 from fineplat.training.preemption import PreemptionFlag
 
 PREEMPTION = PreemptionFlag().install()  # before anything slow: a notice during setup is kept
 
 LOG_EVERY = 10  # steps between metric flushes to MLflow / the registry and log lines to Dagster
+ENV_WORK_DIR = "FINEPLAT_WORK_DIR"  # local scratch on the node (default: a temp dir)
+
+
+@dataclass
+class RunFiles:
+    """Where one training attempt reads and writes on this node, and how its results leave it."""
+
+    base_model_dir: Path
+    data_dir: Path
+    checkpoint_dir: Path
+    output_dir: Path
+    on_checkpoint: Callable[[Path], None] | None = None  # rank 0: mirror each checkpoint
+    publish: Callable[[], None] | None = None  # rank 0: upload the finished output
+
+
+def run_files(extras: dict[str, Any], keep_checkpoints: int, log: Any) -> RunFiles:
+    """The attempt's directories. On the Dagster machine's disk (local object store) they are the
+    paths in `extras`. Remote (FINEPLAT_OBJECT_STORE_BUCKET set): training data comes from the
+    object store, the base model is resolved by name on this node and must have the submitted SHA,
+    checkpoints go to a local directory that is mirrored to the store after every save (and
+    restored from it first, which is how a retry on a new spot node resumes), and the output is
+    uploaded at the end."""
+    from k8s_ops.job_spec import ENV_OBJECT_STORE_BUCKET, ENV_OBJECT_STORE_PREFIX
+
+    bucket = os.environ.get(ENV_OBJECT_STORE_BUCKET)
+    keys = extras.get("object_keys")
+    if not bucket or not keys:
+        return RunFiles(
+            base_model_dir=Path(extras["base_model_dir"]),
+            data_dir=Path(extras["data_dir"]),
+            checkpoint_dir=Path(extras["checkpoint_dir"]),
+            output_dir=Path(extras["output_dir"]),
+        )
+    import shutil
+    import tempfile
+
+    import boto3
+
+    from fineplat.basemodel import resolve_base_model
+    from fineplat.errors import BaseModelError
+    from fineplat.storage import S3ObjectStore
+    from fineplat.training.checkpoint_mirror import CheckpointMirror
+
+    work = Path(os.environ.get(ENV_WORK_DIR) or tempfile.mkdtemp(prefix="fineplat-train-"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    store = S3ObjectStore(
+        bucket, os.environ.get(ENV_OBJECT_STORE_PREFIX, ""), boto3.client("s3"), work / f"cache-{local_rank}"
+    )
+    local = Path(extras["base_model_dir"])
+    if local.is_dir():
+        base_model_dir = local
+    else:
+        base = resolve_base_model(str(extras["base_model"]))
+        if base.sha != extras["base_model_sha"]:
+            raise BaseModelError(
+                f"base model {extras['base_model']!r} on this node has SHA {base.sha[:12]}, the job was "
+                f"submitted for {str(extras['base_model_sha'])[:12]}; pin the same revision in the image cache."
+            )
+        base_model_dir = base.path
+    # Every local rank restores into its own directory (no two processes write one), rank 0 also
+    # saves there; resume reads happen only at start.
+    checkpoint_dir = work / "checkpoints" / f"local-rank-{local_rank}"
+    mirror = CheckpointMirror(
+        store.client, bucket, store.object_key(keys["checkpoints"]), keep=keep_checkpoints
+    )
+    restored = mirror.restore(checkpoint_dir)
+    if restored is not None:
+        log.info(f"restored checkpoint {restored.name} from {store.uri(keys['checkpoints'])}")
+    output_dir = work / "output"
+
+    def on_checkpoint(path: Path) -> None:
+        seconds = mirror.upload(path)
+        log.info(f"checkpoint {path.name} uploaded to {store.uri(keys['checkpoints'])} in {seconds:.1f}s")
+
+    def publish() -> None:
+        with store.writing(keys["output"]) as staging:
+            shutil.copytree(output_dir, staging, dirs_exist_ok=True)
+
+    return RunFiles(
+        base_model_dir=base_model_dir,
+        data_dir=store.local(keys["data"]),
+        checkpoint_dir=checkpoint_dir,
+        output_dir=output_dir,
+        on_checkpoint=on_checkpoint,
+        publish=publish,
+    )
 
 
 class PipesMetricsSink:
@@ -115,15 +204,17 @@ def main() -> int:
         sink = PipesMetricsSink(pipes, job_id, tracker, run_id, registry)
         started = time.perf_counter()
         try:
+            files = run_files(extras, config.keep_checkpoints, pipes.log)
             result = train(
                 config,
-                base_model_dir=Path(extras["base_model_dir"]),
-                data_dir=Path(extras["data_dir"]),
-                checkpoint_dir=Path(extras["checkpoint_dir"]),
-                output_dir=Path(extras["output_dir"]),
+                base_model_dir=files.base_model_dir,
+                data_dir=files.data_dir,
+                checkpoint_dir=files.checkpoint_dir,
+                output_dir=files.output_dir,
                 sink=sink,
                 preemption=PREEMPTION,
                 on_step=_chaos_hook(),
+                on_checkpoint=files.on_checkpoint,
             )
         except Preempted as exc:
             sink.flush()
@@ -142,25 +233,28 @@ def main() -> int:
             tracker.end_run(run_id, status="FAILED")
             pipes.report_custom_message({"failed": True, "error": str(exc)})
             return FAILED_EXIT_CODE
+        summary = {
+            "steps": result.steps,
+            "first_loss": result.first_loss,
+            "final_loss": result.final_loss,
+            "losses": result.losses,
+            "tokens_per_second": result.tokens_per_second,
+            "packing_efficiency": result.packing_efficiency,
+            "validation_loss": result.validation_loss,
+            "resumed_from_step": result.resumed_from_step,
+            "wall_seconds": time.perf_counter() - started,
+            "mlflow_run_id": run_id,
+        }
+        if int(os.environ.get("RANK", "0")) == 0:
+            (files.output_dir / RUN_SUMMARY).write_text(
+                json.dumps({**summary, "job_id": job_id}, indent=2, default=str)
+            )
+            if files.publish is not None:
+                files.publish()
         sink.flush()
         tracker.end_run(run_id)
         registry.update_job(job_id, status="succeeded", current_step=result.steps)
-        pipes.report_custom_message(
-            {
-                "result": {
-                    "steps": result.steps,
-                    "first_loss": result.first_loss,
-                    "final_loss": result.final_loss,
-                    "losses": result.losses,
-                    "tokens_per_second": result.tokens_per_second,
-                    "packing_efficiency": result.packing_efficiency,
-                    "validation_loss": result.validation_loss,
-                    "resumed_from_step": result.resumed_from_step,
-                    "wall_seconds": time.perf_counter() - started,
-                    "mlflow_run_id": run_id,
-                }
-            }
-        )
+        pipes.report_custom_message({"result": summary})
     return 0
 
 

@@ -17,6 +17,7 @@ def main() -> int:
     """Parse arguments, train, map the outcome to an exit code."""
     import argparse
     import json
+    import os
     import sys
     from pathlib import Path
 
@@ -34,12 +35,18 @@ def main() -> int:
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args()
 
+    def emit(record: dict) -> None:
+        """One JSON line in a single write(2): under torchrun every rank shares this pipe, and a
+        write of under PIPE_BUF bytes is never interleaved with another process's."""
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), (json.dumps(record) + "\n").encode())
+
     class PrintSink:
         def log(self, step: int, metrics: dict[str, float]) -> None:
-            print(json.dumps({"step": step, **metrics}), flush=True)
+            emit({"step": step, **metrics})
 
         def status(self, status: str, step: int) -> None:
-            print(json.dumps({"status": status, "step": step}), flush=True)
+            emit({"status": status, "step": step})
 
     try:
         result = train(
@@ -52,12 +59,12 @@ def main() -> int:
             preemption=PREEMPTION,
         )
     except Preempted as exc:
-        print(json.dumps({"preempted": True, "step": exc.step, "checkpoint": exc.checkpoint}), flush=True)
+        emit({"preempted": True, "step": exc.step, "checkpoint": exc.checkpoint})
         return PREEMPTED_EXIT_CODE
     except FineplatError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return FAILED_EXIT_CODE
-    print(json.dumps({"done": True, "steps": result.steps, "final_loss": result.final_loss}), flush=True)
+    emit({"done": True, "steps": result.steps, "final_loss": result.final_loss})
     return 0
 
 

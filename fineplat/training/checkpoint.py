@@ -94,12 +94,19 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainerState,
     keep: int,
+    extra_dir: Path | None = None,
 ) -> Path:
-    """Write one checkpoint atomically (temp dir, fsync, rename, manifest last) and prune old ones."""
+    """Write one checkpoint atomically (temp dir, fsync, rename, manifest last) and prune old ones.
+    `extra_dir`: files other processes wrote for this checkpoint (DeepSpeed ZeRO partitions), moved
+    in and listed in the manifest like the rest."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{state.step:08d}"
     staging = root / f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
     staging.mkdir()
+    if extra_dir is not None:
+        for path in sorted(extra_dir.iterdir()):
+            path.rename(staging / path.name)
+        extra_dir.rmdir()
     save_file(trainable_state(model), str(staging / "weights.safetensors"))
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(scheduler.state_dict(), staging / "scheduler.pt")
@@ -158,6 +165,8 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     for stale in root.glob(f".{_PREFIX}*.tmp-*"):
         if stale.is_dir() and f"tmp-{os.getpid()}-" not in stale.name:
             shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".zero-step-*"):  # partitions of a checkpoint a kill left unsealed
+        shutil.rmtree(stale, ignore_errors=True)
     for old in list_checkpoints(root, verify=False)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

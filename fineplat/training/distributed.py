@@ -13,7 +13,9 @@ Semantics the loop relies on (see `fineplat.training.trainer`):
 Strategies (`TrainConfig.distributed`): `ddp` replicates the model and averages gradients (every
 method); `fsdp` shards parameters, gradients and optimizer state with FSDP2 `fully_shard` (full
 fine-tunes: `sft`, `cpt`; checkpoints are gathered to full tensors, so the format is the same as
-DDP's). DeepSpeed ZeRO is an optional GPU extra: refused with a ConfigError, see `check_strategy`.
+DDP's); `deepspeed_zero1` / `deepspeed_zero2` partition the optimizer state (and gradients) with
+DeepSpeed (every method; each rank writes its own optimizer partition into the checkpoint, see
+`fineplat.training.zero`). ZeRO-3 is not offered: FSDP covers weight sharding.
 """
 
 from __future__ import annotations
@@ -77,11 +79,9 @@ def check_strategy(method: str, strategy: str) -> None:
 
     - `fsdp` shards full fine-tunes; LoRA adapters are a few MB and train with `ddp` (and 4-bit
       bitsandbytes weights cannot be sharded by FSDP without a matching quant storage type).
-    - DeepSpeed ZeRO is not wired into this loop: ZeRO partitions the optimizer state across ranks,
-      and fineplat's checkpoint (one format, written by rank 0) would silently drop every other
-      rank's partition, so a preempted run could not resume exactly. `fsdp` gives the same memory
-      savings for full fine-tunes. ZeRO-3 with QLoRA is refused outright (it shards the 4-bit base
-      weights, which bitsandbytes cannot gather)."""
+    - DeepSpeed ZeRO-1/2 need the `deepspeed` extra in the trainer image. ZeRO-3 is not a choice
+      (the config's Literal): it would shard QLoRA's 4-bit base weights, which bitsandbytes cannot
+      gather, and FSDP already shards full fine-tunes."""
     if strategy == "ddp":
         return
     if strategy == "fsdp":
@@ -91,25 +91,18 @@ def check_strategy(method: str, strategy: str) -> None:
                 "a small LoRA adapter, use distributed='ddp'."
             )
         return
-    if strategy.startswith("deepspeed_zero"):
-        stage = strategy.removeprefix("deepspeed_zero")
-        if stage == "3" and method == "qlora":
-            raise ConfigError(
-                "distributed: DeepSpeed ZeRO-3 cannot shard QLoRA's 4-bit base weights; use distributed='ddp'."
-            )
+    if strategy in ("deepspeed_zero1", "deepspeed_zero2"):
         try:
             import deepspeed  # noqa: F401
         except ImportError as exc:
             raise ConfigError(
-                f"distributed: {strategy!r} needs DeepSpeed, a GPU-only optional extra that is not installed "
-                "(pip install deepspeed on the GPU image); or use distributed='ddp' or 'fsdp'."
+                f"distributed: {strategy!r} needs DeepSpeed, which is not installed in the trainer image "
+                "(pip install 'fineplat[deepspeed]'); or use distributed='ddp' or 'fsdp'."
             ) from exc
-        raise ConfigError(
-            f"distributed: {strategy!r} is not supported by fineplat's checkpoint format (ZeRO partitions "
-            "the optimizer state across ranks; resume would lose it); use distributed='fsdp' for full "
-            "fine-tunes or 'ddp'."
-        )
-    raise ConfigError(f"distributed: unknown strategy {strategy!r}; expected ddp or fsdp.")
+        return
+    raise ConfigError(
+        f"distributed: unknown strategy {strategy!r}; expected ddp, fsdp, deepspeed_zero1 or deepspeed_zero2."
+    )
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -124,7 +117,7 @@ def wrap_model(model: torch.nn.Module, strategy: str, world: int) -> torch.nn.Mo
     that all-reduces (averages) gradients in backward. FSDP: the model sharded in place, one unit
     per decoder layer plus the root (embeddings, norm, head) — create the optimizer afterwards,
     since sharding replaces the parameters."""
-    if world <= 1:
+    if world <= 1 or strategy.startswith("deepspeed"):  # a ZeRO engine wraps it later (zero.py)
         return model
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh

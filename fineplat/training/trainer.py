@@ -9,6 +9,7 @@ train all weights. The data order is a pure function of (seed, epoch), so the da
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -26,10 +27,12 @@ from fineplat.basemodel import load_base_model, load_tokenizer
 from fineplat.errors import TrainingError
 from fineplat.packing.tokenize import IGNORE_INDEX
 from fineplat.training import checkpoint as ckpt
-from fineplat.training import distributed
+from fineplat.training import distributed, zero
+from fineplat.training.attention import PACKED_SDPA, restore_sdpa, use_packed_sdpa
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData, load_training_data
 from fineplat.training.dpo import check_data_fits_method, check_first_step_loss
+from fineplat.training.gpu_metrics import gpu_metrics
 from fineplat.training.preemption import Preempted, PreemptionFlag
 
 
@@ -73,6 +76,10 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Deterministic mode also fills every new uninitialized tensor with NaN (a guard for code that
+    # reads memory it never wrote); the loop writes every buffer it reads, and the fills cost ~9% of
+    # a CPU step (measured in bench/train_bench.py --profile), so they are off.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
 
 
 def _dist() -> tuple[int, int]:
@@ -110,12 +117,17 @@ def lora_config(config: TrainConfig) -> Any:
     )
 
 
-def prepare_model(config: TrainConfig, base_model_dir: Path) -> Any:
-    """Load the base model onto this process's device and make the right parameters trainable."""
+def prepare_model(config: TrainConfig, base_model_dir: Path, *, packed: bool = False) -> Any:
+    """Load the base model onto this process's device and make the right parameters trainable.
+    `packed`: the training data is packed windows, so sdpa becomes per-example sdpa
+    (`fineplat.training.attention`, same math without the dense block-diagonal mask)."""
     if config.method == "qlora":
         from fineplat.training.quantized import load_qlora_model
 
-        return load_qlora_model(config, base_model_dir)
+        model = load_qlora_model(config, base_model_dir)
+        if packed:
+            use_packed_sdpa(model, config.max_seq_len)
+        return model
     model = load_base_model(
         base_model_dir, dtype=config.dtype, attn_implementation=config.attn_implementation
     ).to(distributed.training_device())
@@ -128,6 +140,8 @@ def prepare_model(config: TrainConfig, base_model_dir: Path) -> Any:
     else:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
+    if packed:
+        use_packed_sdpa(model, config.max_seq_len)
     model.train()
     return model
 
@@ -141,12 +155,52 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, **
     return logp * mask
 
 
+def _unwrapped(model: Any) -> Any:
+    """The transformers model inside DDP and peft wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# Attention implementations that keep the examples of one long row apart by `position_ids` alone,
+# without a [T, T] mask: for them a batch of packed windows can run as a single row.
+_VARLEN_ATTENTION = frozenset({PACKED_SDPA, "flash_attention_2", "flash_attention_3"})
+
+
+def _flat_packed_forward(model: Any, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether `lm_loss_sum` may run this batch as one row and compute logits at label positions
+    only: packed windows (position ids, no mask), a varlen attention, and a causal LM head that
+    takes `logits_to_keep` (Llama, Mistral, Qwen, Gemma, … do)."""
+    if "position_ids" not in batch or "attention_mask" in batch:
+        return False
+    inner = _unwrapped(model)
+    if getattr(inner.config, "_attn_implementation", None) not in _VARLEN_ATTENTION:
+        return False
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over label tokens, and their count. Packed batches carry
-    `position_ids` and no attention mask; `use_cache=False` keeps examples apart."""
+    `position_ids` and no attention mask; `use_cache=False` keeps examples apart.
+
+    Packed windows under a varlen attention run as one row with logits at label positions only
+    (prompt tokens need no vocabulary projection or softmax: for assistant-only loss masks that is
+    roughly half the LM head and cross-entropy work); the windows never attend to each other, since
+    every window starts a new example."""
+    targets = batch["labels"][:, 1:]
+    if _flat_packed_forward(model, batch):
+        ids = batch["input_ids"]
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+        keep = rows * ids.size(1) + cols  # flat index of each position whose next token is a label
+        logits = model(
+            input_ids=ids.reshape(1, -1),
+            position_ids=batch["position_ids"].reshape(1, -1),
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits[0]
+        loss = F.cross_entropy(logits.float(), targets[rows, cols], reduction="sum")
+        return loss, int(keep.numel())
     forward = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
     logits = model(input_ids=batch["input_ids"], use_cache=False, **forward).logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -243,6 +297,7 @@ def save_output(
     """The deliverable: a peft adapter directory, or a full model directory with its tokenizer.
     `state_dict`: the gathered full weights of an FSDP-sharded model."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    restore_sdpa(model)  # a saved full model's config names transformers' own sdpa
     target = model.module if hasattr(model, "module") else model
     target.save_pretrained(str(out_dir), safe_serialization=True, state_dict=state_dict)
     if not config.uses_adapter:
@@ -260,9 +315,11 @@ def train(
     sink: MetricsSink | None = None,
     preemption: PreemptionFlag | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) one run to completion and write its output.
 
+    `on_checkpoint` runs on rank 0 after each checkpoint is written (the object-store mirror).
     Raises `Preempted` after an emergency checkpoint when `preemption` is requested, and
     `TrainingError` (with the step) on NaN/inf loss or gradients — a failure retrying cannot fix."""
     sink = sink or NullSink()
@@ -276,7 +333,7 @@ def train(
     tokenizer = load_tokenizer(base_model_dir)
     data = load_training_data(data_dir, tokenizer.pad_token_id)
     check_data_fits_method(config.method, data, data_dir)
-    model = prepare_model(config, base_model_dir)
+    model = prepare_model(config, base_model_dir, packed=data.packed)
     # DDP wraps; FSDP shards the model in place, so it comes before the optimizer sees parameters.
     train_model: Any = distributed.wrap_model(model, config.distributed, world)
     sharded = distributed.is_sharded(model)
@@ -289,6 +346,24 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, total_steps)
+    engine: Any = None  # DeepSpeed ZeRO: the engine reduces, clips and steps optimizer + scheduler
+    if config.distributed.startswith("deepspeed") and world > 1:
+        stage = zero.zero_stage(config.distributed)
+        engine = zero.make_engine(
+            model,
+            optimizer,
+            scheduler,
+            zero.deepspeed_config(
+                stage=stage,
+                micro_batch=batch_size,
+                accumulation=config.gradient_accumulation_steps,
+                world=world,
+                max_grad_norm=config.max_grad_norm,
+                bf16=config.dtype == "bfloat16",
+            ),
+        )
+        train_model = engine
+        partitioned: Any = zero.PartitionedOptimizerState(stage, world)
 
     state = ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config.config_hash())
     latest = ckpt.latest_checkpoint(checkpoint_dir)
@@ -299,6 +374,10 @@ def train(
                 latest, model=weights, optimizer=optimizer_state, scheduler=scheduler
             )
             distributed.restore_sharded(model, optimizer, weights, optimizer_state)
+        elif engine is not None:  # weights into the engine's module, then each rank's partition
+            state = ckpt.load_checkpoint(latest, model=model, optimizer=partitioned, scheduler=scheduler)
+            zero.load_partition(engine, latest, rank, world)
+            engine.global_steps = state.step
         else:
             state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
         if state.config_hash != config.config_hash():
@@ -310,9 +389,15 @@ def train(
 
     def write_checkpoint(preempted: bool = False) -> Path | None:
         state.preempted = preempted
-        weights, optimizer_state = model, optimizer
+        weights: Any = model
+        optimizer_state: Any = optimizer
+        partitions = None
         if sharded:  # collective: every rank gathers full tensors, rank 0 writes them
             weights, optimizer_state = distributed.gather_for_checkpoint(model, optimizer)
+        elif engine is not None:  # collective: every rank writes its optimizer partition
+            partitions = zero.shard_dir(checkpoint_dir, state.step)
+            zero.save_partition(engine, partitions, rank, world)
+            optimizer_state = partitioned
         path = None
         if rank == 0:
             sink.status("checkpointing", state.step)
@@ -323,7 +408,10 @@ def train(
                 scheduler=scheduler,
                 state=state,
                 keep=config.keep_checkpoints,
+                extra_dir=partitions,
             )
+            if on_checkpoint is not None:
+                on_checkpoint(path)
             sink.status("preempted" if preempted else "running", state.step)
         if world > 1:
             torch.distributed.barrier()
@@ -341,6 +429,7 @@ def train(
         batches = [rank_batch(data, rows, rank, world, device) for _, _, rows in micro]
         counts = [sum(b["loss_tokens"] for b in batches), sum(b["real_tokens"] for b in batches)]
         label_tokens, step_tokens = (int(n) for n in distributed.sum_over_ranks(counts, device))
+        lr = scheduler.get_last_lr()[0]  # the rate this step trains with
         step_loss = 0.0
         for batch in batches:
             try:
@@ -349,8 +438,18 @@ def train(
                 else:
                     loss_sum, _ = lm_loss_sum(train_model, batch)
                 loss_sum = loss_sum * batch["weight"]
-                # DDP/FSDP average gradients over ranks; scale so the result is the global token mean.
-                (loss_sum * world / max(1, label_tokens)).backward()
+                # DDP/FSDP/ZeRO average gradients over ranks; scale so the result is the global token mean.
+                scaled = loss_sum * world / max(1, label_tokens)
+                if engine is None:
+                    scaled.backward()
+                else:
+                    if not math.isfinite(float(loss_sum.detach())):  # before the engine can step on it
+                        raise TrainingError(
+                            f"step {state.step + 1}: loss is {float(loss_sum.detach())}; lower "
+                            "learning_rate_multiplier, check the data for empty or extreme rows, or use float32."
+                        )
+                    engine.backward(scaled, scale_wrt_gas=False)
+                    engine.step()  # steps optimizer and scheduler at the accumulation boundary only
             except torch.OutOfMemoryError as exc:  # retrying the same config would fail the same way
                 raise TrainingError(
                     f"step {state.step + 1}: out of memory ({exc}); lower batch_size or max_seq_len, "
@@ -361,18 +460,21 @@ def train(
         loss_value = step_loss / max(1, label_tokens)
         if config.method == "dpo" and state.step == 0:  # fresh run: the policy is still the reference
             check_first_step_loss(loss_value, data_dir)
-        norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        grad_norm = float(distributed.full_tensor(norm))
+        if engine is None:
+            norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            grad_norm = float(distributed.full_tensor(norm))
+        else:  # the pre-clipping norm of the step the engine just took
+            grad_norm = float(engine.get_global_grad_norm())
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             what = "loss" if not math.isfinite(loss_value) else "gradient norm"
             raise TrainingError(
                 f"step {state.step + 1}: {what} is {loss_value if what == 'loss' else grad_norm}; "
                 "lower learning_rate_multiplier, check the data for empty or extreme rows, or use float32."
             )
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if engine is None:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         last_epoch, last_index, last_rows = micro[-1]
         state.step += 1
         state.epoch, state.index = last_epoch, last_index + len(last_rows)
@@ -389,8 +491,7 @@ def train(
             "tokens_per_second": step_tokens / max(elapsed, 1e-9),
             "epoch": state.epoch + state.index / data.rows,
         }
-        if torch.cuda.is_available():
-            metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        metrics.update(gpu_metrics(device))
         if rank == 0:
             sink.log(state.step, metrics)
         if on_step is not None:

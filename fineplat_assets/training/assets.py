@@ -21,12 +21,13 @@ from fineplat.basemodel import load_tokenizer, resolve_base_model
 from fineplat.ingestion import read_parquet
 from fineplat.packing.build import build_training_data, read_manifest
 from fineplat.registry import job_config_hash
-from fineplat.storage import local_path
+from fineplat.storage import LocalObjectStore, local_path
 from fineplat.submission import read_job_spec
+from fineplat.training.constants import RUN_SUMMARY
 from fineplat_assets.ingestion.assets import decontaminated_dataset
 from fineplat_assets.metadata import plot_loss_curve, png_markdown
 from fineplat_assets.partitions import job_partitions
-from fineplat_resources.launcher import ComputeLauncher
+from fineplat_resources.launcher import REGISTRY_URL_ENV, ComputeLauncher
 from fineplat_resources.registry import RegistryResource
 from fineplat_resources.storage import ObjectStoreResource
 from fineplat_resources.tracking import ExperimentTrackerResource
@@ -35,7 +36,6 @@ GROUP = "training"
 # Spot capacity can vanish repeatedly; each preemption resumes from a checkpoint, so allow many.
 MAX_PREEMPTION_RETRIES = 10
 PREEMPTION_RETRY_WAIT_SECONDS = 5
-RUN_SUMMARY = "fineplat_run.json"  # written beside the output: what the run measured
 
 
 def job_keys(job_id: str) -> dict[str, str]:
@@ -133,7 +133,9 @@ def adapter(
     reg.update_job(
         spec.job_id, status="running", attempts=context.retry_number + 1, dagster_run_id=context.run_id
     )
-    output_dir = local_path(store, keys["output"])
+    # Local store: the trainer writes in place. S3: it reads and writes through the store (its node
+    # may not share this disk), given the keys and the bucket in its environment.
+    on_disk = isinstance(store, LocalObjectStore)
     extras = {
         "job_id": spec.job_id,
         "config": config.model_dump(mode="json"),
@@ -141,15 +143,17 @@ def adapter(
         "base_model_dir": str(base.path),
         "base_model_sha": base.sha,
         "dataset_id": spec.dataset_id,
-        "data_dir": str(store.local(keys["data"])),
-        "checkpoint_dir": str(local_path(store, keys["checkpoints"])),
-        "output_dir": str(output_dir),
+        "data_dir": str(store.local(keys["data"])) if on_disk else "",
+        "checkpoint_dir": str(local_path(store, keys["checkpoints"])) if on_disk else "",
+        "output_dir": str(local_path(store, keys["output"])) if on_disk else "",
+        "object_keys": {name: keys[name] for name in ("data", "checkpoints", "output")},
         "mlflow_uri": tracker.resolved_uri(),
         "mlflow_experiment": tracker.experiment,
     }
     # The registry URL may carry a password: it travels in the environment (a Secret in
     # Kubernetes), never in the Pipes extras that end up in logs.
-    launched = launcher.launch_training(context, extras=extras, env={"FINEPLAT_REGISTRY_URL": registry.url})
+    env = {REGISTRY_URL_ENV: registry.url, **object_store.trainer_env()}
+    launched = launcher.launch_training(context, extras=extras, env=env)
     messages = launched.custom_messages
     if launched.preempted:
         step = next((m.get("step") for m in messages if isinstance(m, dict) and m.get("preempted")), None)
@@ -167,9 +171,7 @@ def adapter(
             allow_retries=False,
         )
     result = next(m["result"] for m in messages if isinstance(m, dict) and "result" in m)
-    (Path(output_dir) / RUN_SUMMARY).write_text(
-        json.dumps({**result, "job_id": spec.job_id}, indent=2, default=str)
-    )
+    output_dir = store.local(keys["output"])  # the trainer wrote it, with its RUN_SUMMARY
     metadata = _trained_metadata(
         reg, store, spec.job_id, result, Path(output_dir), config.method, context.retry_number + 1
     )

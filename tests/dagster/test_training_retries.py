@@ -21,12 +21,13 @@ from fineplat.demo.dataset import task_row
 from fineplat.ingestion import dataset_version_id, write_parquet
 from fineplat.registry import Registry
 from fineplat.settings import paths
-from fineplat.storage import LocalObjectStore
+from fineplat.storage import LocalObjectStore, ObjectStore
 from fineplat.submission import JobSpec, job_id_for, write_job_spec
 from fineplat.training.config import TrainConfig
 from fineplat_assets.resources import build_resources
 from fineplat_assets.training.assets import adapter, training_data
 from fineplat_resources.launcher import ComputeLauncher
+from fineplat_resources.storage import ObjectStoreResource
 
 CONFIG = dict(
     method="lora",
@@ -56,7 +57,7 @@ def _record(kind: str, rng: random.Random) -> str:
     return json.dumps(row)
 
 
-def _register_dataset(rows: int = 80, kind: str = "chat") -> str:
+def _register_dataset(rows: int = 80, kind: str = "chat", store: ObjectStore | None = None) -> str:
     rng = random.Random(5)
     records = [_record(kind, rng) for _ in range(rows)]
     frame = pl.DataFrame(
@@ -70,7 +71,7 @@ def _register_dataset(rows: int = 80, kind: str = "chat") -> str:
         }
     )
     dataset_id = dataset_version_id(frame)
-    store = LocalObjectStore(paths().objects)
+    store = store or LocalObjectStore(paths().objects)
     with store.writing(f"datasets/by-id/{dataset_id}") as out:
         write_parquet(frame, out / "rows.parquet")
     registry = Registry(paths().registry_url)
@@ -81,11 +82,13 @@ def _register_dataset(rows: int = 80, kind: str = "chat") -> str:
     return dataset_id
 
 
-def _submit(base_model: str, dataset_id: str, sha: str, **overrides: object) -> str:
+def _submit(
+    base_model: str, dataset_id: str, sha: str, store: ObjectStore | None = None, **overrides: object
+) -> str:
     config = TrainConfig(**{**CONFIG, **overrides})
     job_id = job_id_for("router", dataset_id, sha, config)
     write_job_spec(
-        LocalObjectStore(paths().objects),
+        store or LocalObjectStore(paths().objects),
         JobSpec(job_id, "router", dataset_id, base_model, config.model_dump(mode="json")),
     )
     return job_id
@@ -115,6 +118,50 @@ def test_preemption_is_retried_and_resumes(fineplat_home: Path, tiny_base_model:
     job = registry.get_job(job_id)
     assert job.status == "succeeded" and job.attempts == 2
     # every step reported exactly once across both attempts: nothing lost, nothing repeated
+    assert [m.step for m in registry.metrics(job_id, "loss")] == list(range(1, CONFIG["max_steps"] + 1))
+
+
+def test_preempted_job_with_s3_storage_resumes_on_a_fresh_disk(
+    fineplat_home: Path, tiny_base_model: BaseModelInfo, s3_endpoint: str, s3_credentials: None
+) -> None:
+    """Production storage: the trainer shares no disk with Dagster. It reads the training data from
+    S3, mirrors checkpoints there, and the retry (a new process with a new, empty work dir, as on a
+    new spot node) restores the emergency checkpoint from S3 and resumes; the adapter is uploaded."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = f"fineplat-{fineplat_home.parent.name.lower().replace('_', '-')}"[:63]
+    client.create_bucket(Bucket=bucket)
+    object_store = ObjectStoreResource(s3_bucket=bucket, s3_prefix="prod", endpoint_url=s3_endpoint)
+    store = object_store.get_store()
+    dataset_id = _register_dataset(store=store)
+    job_id = _submit(
+        str(tiny_base_model.path), dataset_id, tiny_base_model.sha, store=store, checkpoint_interval=2
+    )
+    resources = {
+        **build_resources(),
+        "object_store": object_store,
+        "launcher": ComputeLauncher(chaos_preempt_at_step=3),
+    }
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("finetune_jobs", [job_id])
+        result = materialize(
+            [training_data, adapter], partition_key=job_id, instance=instance, resources=resources
+        )
+        assert result.success
+        meta = result.asset_materializations_for_node("adapter")[0].metadata
+        assert meta["attempts"].value == 2
+        assert meta["resumed_from_step"].value == 3
+        assert meta["steps"].value == CONFIG["max_steps"]
+    # Nothing of the run on the Dagster machine's object directory: it all went through the bucket.
+    assert not (paths().objects / "checkpoints" / job_id).exists()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"prod/checkpoints/{job_id}/")
+    steps = sorted({item["Key"].split("/")[3] for item in listed["Contents"]})
+    assert steps == ["step-00000004", "step-00000006", "step-00000008"]  # the last 3 kept
+    adapter_files = client.list_objects_v2(Bucket=bucket, Prefix=f"prod/adapters/{job_id}/")
+    names = {item["Key"].rsplit("/", 1)[1] for item in adapter_files["Contents"]}
+    assert {"adapter_model.safetensors", "adapter_config.json", "fineplat_run.json"} <= names
+    registry = Registry(paths().registry_url)
     assert [m.step for m in registry.metrics(job_id, "loss")] == list(range(1, CONFIG["max_steps"] + 1))
 
 

@@ -13,6 +13,9 @@ from fineplat.basemodel import BaseModelInfo, load_base_model, load_tokenizer
 from fineplat.demo.dataset import task_row
 from fineplat.packing import pack_examples, packing_efficiency, tokenize_record
 from fineplat.packing.tokenize import IGNORE_INDEX
+from fineplat.training.attention import PACKED_SDPA, _Plan
+from fineplat.training.config import TrainConfig
+from fineplat.training.trainer import _flat_packed_forward, lm_loss_sum, prepare_model
 
 PARITY_TOLERANCE = 1e-5  # fp32, as the design requires
 
@@ -53,7 +56,7 @@ def _per_example_losses_single(model, examples) -> dict[int, float]:  # type: ig
     return losses
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", PACKED_SDPA])
 def test_packed_losses_equal_unpacked_losses(
     tiny_base_model: BaseModelInfo, attn_implementation: str
 ) -> None:
@@ -122,3 +125,72 @@ def test_zero_weight_assistant_turns_carry_no_loss(tiny_base_model: BaseModelInf
     }
     example = tokenize_record("chat", record, tokenizer, 512)
     assert tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX]) == "shipping<|eot_id|>"
+
+
+def _window_batch(rows) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    return {
+        "input_ids": torch.tensor([r.input_ids for r in rows]),
+        "labels": torch.tensor([r.labels for r in rows]),
+        "position_ids": torch.tensor([r.position_ids for r in rows]),
+    }
+
+
+def test_trainer_loss_on_packed_windows_equals_single_examples(tiny_base_model: BaseModelInfo) -> None:
+    """The trainer's packed path (windows run as one row under per-example sdpa, logits at label
+    positions only) gives the summed loss, label count and LoRA gradients of single-example
+    batches, and of transformers' masked sdpa on the same windows."""
+    tokenizer = load_tokenizer(tiny_base_model.path)
+    examples = _examples(tokenizer, 14)
+    rows = pack_examples(examples, 160, tokenizer.pad_token_id)
+    assert len(rows) >= 3, "the batch must hold several windows"
+    batch = _window_batch(rows)
+    config = TrainConfig(method="lora", max_seq_len=160)
+    torch.manual_seed(0)  # the same LoRA A initialization for both
+    fast = prepare_model(config, tiny_base_model.path, packed=True)
+    torch.manual_seed(0)
+    masked = prepare_model(config, tiny_base_model.path, packed=False)
+    assert _flat_packed_forward(fast, batch) and not _flat_packed_forward(masked, batch)
+    for model in (fast, masked):  # nonzero LoRA B, so the adapter's gradients are not all alike
+        torch.manual_seed(1)
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.05)
+
+    fast_loss, fast_count = lm_loss_sum(fast, batch)
+    masked_loss, masked_count = lm_loss_sum(masked, batch)
+    fast_loss.backward()
+    masked_loss.backward()
+
+    single_sum, single_count = 0.0, 0
+    with torch.no_grad():
+        for example in examples:
+            logits = masked(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0, :-1]
+            labels = torch.tensor(example.labels[1:])
+            single_sum += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            single_count += int((labels != IGNORE_INDEX).sum())
+    assert fast_count == masked_count == single_count
+    assert float(fast_loss.detach()) == pytest.approx(single_sum, rel=PARITY_TOLERANCE)
+    assert float(fast_loss.detach()) == pytest.approx(float(masked_loss.detach()), rel=PARITY_TOLERANCE)
+    fast_grads = {n: p.grad for n, p in fast.named_parameters() if p.requires_grad}
+    masked_grads = {n: p.grad for n, p in masked.named_parameters() if p.requires_grad}
+    assert fast_grads.keys() == masked_grads.keys() and fast_grads
+    for name, grad in fast_grads.items():
+        assert grad is not None and masked_grads[name] is not None
+        assert torch.allclose(grad, masked_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_packed_sdpa_buckets_cover_every_token_once() -> None:
+    """The bucket plan gathers each token of each example exactly once, in causal order, and the
+    inverse permutation puts the outputs back where they came from."""
+    lengths = [5, 1, 40, 3, 17, 16, 2]
+    positions = torch.tensor([[p for n in lengths for p in range(n)]])
+    plan = _Plan(positions)
+    covered = torch.cat([gather[valid] for gather, valid in plan.buckets])
+    assert sorted(covered.tolist()) == list(range(sum(lengths)))
+    assert torch.equal(covered[plan.inverse], torch.arange(sum(lengths)))
+    for gather, valid in plan.buckets:
+        longest = gather.size(1)
+        assert all(int(v.sum()) >= 0.7 * longest for v in valid)  # the bucket's padding is bounded
+        for row, mask in zip(gather, valid, strict=True):
+            real = row[mask]
+            assert torch.equal(real, torch.arange(int(real[0]), int(real[0]) + real.numel()))
