@@ -372,3 +372,46 @@ def test_pipes_k8s_client_accepts_the_pod_spec_and_the_pod_it_builds_is_valid() 
         == build_pod_spec(spec)["containers"][0]["env"]
     )
     assert [item["name"] for item in env[-2:]] == ["DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"]
+
+
+def test_launcher_turns_the_trainer_environment_into_secret_refs_and_object_store_settings() -> None:
+    """What the adapter asset hands the launcher (registry URL, S3 settings) reaches the pod as a
+    Secret reference and the Job spec's object-store block: no password in the pod spec."""
+    from fineplat_resources.launcher import REGISTRY_URL_ENV, ComputeLauncher
+    from fineplat_resources.storage import ObjectStoreResource
+    from k8s_ops.job_spec import GpuJobSpec, build_pod_spec
+
+    store_env = ObjectStoreResource(
+        s3_bucket="fineplat-prod",
+        s3_prefix="prod",
+        endpoint_url="https://minio.internal",
+        region_name="eu-west-1",
+    ).trainer_env()
+    env = {
+        REGISTRY_URL_ENV: "postgresql+psycopg2://fineplat:s3cret@db/registry",
+        "HF_HOME": "/cache",
+        **store_env,
+    }
+    launcher = ComputeLauncher(mode="kubernetes", object_store_credentials_secret="fineplat-s3")
+    plain, secret_env, object_store = launcher._pod_env(env)
+    spec = GpuJobSpec(
+        job_id="ft-env",
+        image="fineplat/trainer:1",
+        env=plain,
+        secret_env=secret_env,
+        object_store=object_store,
+    )
+    container_env = {item["name"]: item for item in build_pod_spec(spec)["containers"][0]["env"]}
+    assert "s3cret" not in str(build_pod_spec(spec))
+    assert container_env[REGISTRY_URL_ENV]["valueFrom"] == {
+        "secretKeyRef": {"name": "fineplat-registry", "key": "url"}
+    }
+    assert container_env["FINEPLAT_OBJECT_STORE_BUCKET"]["value"] == "fineplat-prod"
+    assert container_env["FINEPLAT_OBJECT_STORE_PREFIX"]["value"] == "prod"
+    assert container_env["AWS_ENDPOINT_URL_S3"]["value"] == "https://minio.internal"
+    assert container_env["AWS_REGION"]["value"] == "eu-west-1"
+    assert container_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "fineplat-s3"
+    assert container_env["HF_HOME"]["value"] == "/cache"
+    # Development clusters may opt out of the Secret; then the URL is a plain variable.
+    plain, secret_env, _ = ComputeLauncher(mode="kubernetes", registry_url_secret="")._pod_env(env)
+    assert plain[REGISTRY_URL_ENV].endswith("@db/registry") and secret_env == {}
