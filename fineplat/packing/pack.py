@@ -69,7 +69,11 @@ def pack_examples(
         pad = max_seq_len - len(ids)
         ids += [pad_token_id] * pad
         labels += [IGNORE_INDEX] * pad
-        positions += list(range(pad))
+        # Padding continues the last example's positions: it joins that example's attention block
+        # (attending to it, never attended to: it comes last and labels ignore it), so a window
+        # with one example is one causal block, which per-example attention runs unmasked.
+        last = positions[-1] + 1 if positions else 0
+        positions += list(range(last, last + pad))
         owners += [-1] * pad
         rows.append(PackedRow(ids, labels, positions, owners))
     return rows

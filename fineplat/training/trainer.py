@@ -28,12 +28,15 @@ from fineplat.errors import TrainingError
 from fineplat.packing.tokenize import IGNORE_INDEX
 from fineplat.training import checkpoint as ckpt
 from fineplat.training import distributed, zero
-from fineplat.training.attention import PACKED_SDPA, restore_sdpa, use_packed_sdpa
+from fineplat.training.attention import PACKED_SDPA, prefers_per_example, restore_sdpa, use_packed_sdpa
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData, load_training_data
 from fineplat.training.dpo import check_data_fits_method, check_first_step_loss
 from fineplat.training.gpu_metrics import gpu_metrics
 from fineplat.training.preemption import Preempted, PreemptionFlag
+
+# Token budget of one forward/backward pass on a CPU (see `forward_rows`).
+CPU_MICRO_TOKENS = 2048
 
 
 class MetricsSink(Protocol):
@@ -173,8 +176,11 @@ def _flat_packed_forward(model: Any, batch: dict[str, torch.Tensor]) -> bool:
     if "position_ids" not in batch or "attention_mask" in batch:
         return False
     inner = _unwrapped(model)
-    if getattr(inner.config, "_attn_implementation", None) not in _VARLEN_ATTENTION:
+    implementation = getattr(inner.config, "_attn_implementation", None)
+    if implementation not in _VARLEN_ATTENTION:
         return False
+    if implementation == PACKED_SDPA and not prefers_per_example(batch["position_ids"]):
+        return False  # windows of long examples: masked attention over the windows is cheaper
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
@@ -260,18 +266,31 @@ def _positions(
         epoch, index = epoch + 1, 0
 
 
-def rank_batch(
-    data: TrainingData, rows: list[int], rank: int, world: int, device: torch.device
-) -> dict[str, Any]:
-    """This process's share `rows[rank::world]` of a global micro-batch, on its device, with a loss
-    `weight`: a rank left without rows (the short last micro-batch of an epoch) reruns the first row
-    with weight 0, because every rank must join each backward's gradient all-reduce."""
+def rank_batches(
+    data: TrainingData, rows: list[int], rank: int, world: int, device: torch.device, max_rows: int
+) -> list[dict[str, Any]]:
+    """This process's share `rows[rank::world]` of a global micro-batch, on its device, in chunks of
+    at most `max_rows` rows, each with a loss `weight`: a rank left without rows (the short last
+    micro-batch of an epoch) reruns the first row with weight 0, because every rank must join each
+    backward's gradient all-reduce."""
     mine = rows[rank::world]
-    batch = to_device(data.train_batch(mine or rows[:1]), device)
     if not mine:
-        batch["loss_tokens"], batch["real_tokens"] = 0, 0
-    batch["weight"] = 1.0 if mine else 0.0
-    return batch
+        batch = to_device(data.train_batch(rows[:1]), device)
+        batch["loss_tokens"], batch["real_tokens"], batch["weight"] = 0, 0, 0.0
+        return [batch]
+    chunks = [mine[start : start + max_rows] for start in range(0, len(mine), max_rows)]
+    return [{**to_device(data.train_batch(chunk), device), "weight": 1.0} for chunk in chunks]
+
+
+def forward_rows(config: TrainConfig, device: torch.device, world: int, batch_size: int) -> int:
+    """Rows per forward/backward pass. On one CPU process, at most CPU_MICRO_TOKENS tokens: the
+    step's gradients are the same (the loss is normalized by the step's label tokens), and smaller
+    passes keep activations in cache (measured ~8% faster per token for 4 x 512 than 16 x 512
+    windows, 1 thread). GPUs and multi-process runs use the whole batch (ranks must run the same
+    number of passes for their all-reduces)."""
+    if device.type != "cpu" or world > 1:
+        return batch_size
+    return max(1, min(batch_size, CPU_MICRO_TOKENS // config.max_seq_len))
 
 
 @torch.no_grad()
@@ -339,6 +358,7 @@ def train(
     sharded = distributed.is_sharded(model)
     batch_size = resolve_batch_size(config, math.ceil(data.rows / world))
     global_batch = batch_size * world  # batch_size is per process; rank r trains rows[r::world]
+    pass_rows = forward_rows(config, device, world, batch_size)
     micro_per_epoch = math.ceil(data.rows / global_batch)
     total_steps = config.max_steps or math.ceil(
         config.n_epochs * micro_per_epoch / config.gradient_accumulation_steps
@@ -426,7 +446,9 @@ def train(
     while state.step < total_steps:
         step_started = time.perf_counter()
         micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
-        batches = [rank_batch(data, rows, rank, world, device) for _, _, rows in micro]
+        batches = [
+            b for _, _, rows in micro for b in rank_batches(data, rows, rank, world, device, pass_rows)
+        ]
         counts = [sum(b["loss_tokens"] for b in batches), sum(b["real_tokens"] for b in batches)]
         label_tokens, step_tokens = (int(n) for n in distributed.sum_over_ranks(counts, device))
         lr = scheduler.get_last_lr()[0]  # the rate this step trains with

@@ -194,3 +194,32 @@ def test_packed_sdpa_buckets_cover_every_token_once() -> None:
         for row, mask in zip(gather, valid, strict=True):
             real = row[mask]
             assert torch.equal(real, torch.arange(int(real[0]), int(real[0]) + real.numel()))
+
+
+def test_packed_sdpa_masked_and_bucketed_modes_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways the per-example attention can run a batch (buckets of examples, or one masked call
+    over the windows when buckets would cost more) give the same outputs as sdpa with the dense
+    block-diagonal mask, padding included."""
+    from types import SimpleNamespace
+
+    from fineplat.training import attention
+
+    torch.manual_seed(0)
+    windows = [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3], [*range(9), 9, 10, 11]]  # 3 examples; 1 + padding
+    positions = torch.tensor(windows)
+    query, key, value = (torch.randn(2, 4, 12, 8) for _ in range(3))
+    module = SimpleNamespace(num_key_value_groups=1, training=False)
+    example = (positions == 0).cumsum(-1)
+    dense = (example[:, :, None] == example[:, None, :]) & torch.ones(12, 12, dtype=torch.bool).tril()
+    reference = F.scaled_dot_product_attention(query, key, value, attn_mask=dense[:, None]).transpose(1, 2)
+    outputs = {}
+    for mode, causal_cost in (("buckets", 0.0), ("masked", 100.0)):
+        monkeypatch.setattr(attention, "CAUSAL_COST", causal_cost)
+        plan = attention._Plan(positions)
+        assert plan.per_example == (mode == "buckets")
+        attention._cache["ref"] = None  # a fresh plan for this mode
+        outputs[mode], _ = attention.packed_sdpa_attention(
+            module, query, key, value, None, position_ids=positions
+        )
+    for mode, output in outputs.items():
+        torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-6, msg=mode)
