@@ -58,13 +58,16 @@ lines (wall clock, and `..._cpu_time`), and per dataset a PASS/MISS line: PASS n
 >= 1.15x every LLaMA-Factory configuration on both clocks (a descheduled run on a shared machine
 moves a wall-clock ratio by 20%; with `--threads 1` CPU time counts only the run's own work).
 
-Measured 2026-11-28 (--threads 1, 2 rounds, load average 4-5 from other work on the 2 cores),
-median ratios fineplat/LLaMA-Factory, wall clock | CPU time:
-    synthetic (130k tokens):   defaults 3.40 | 3.60, no-ckpt 2.90 | 2.75, neat_packing 1.56 | 1.70,
-                               neat_packing no-ckpt 1.37 | 1.30
-    alpaca-demo (293k tokens): defaults 2.11 | 2.10, no-ckpt 1.57 | 1.54, neat_packing 1.66 | 1.37,
-                               neat_packing no-ckpt 1.16 | 0.98  -> MISS on real Alpaca rows
-    alpaca-demo again, load ~2: neat_packing 1.36 | 1.38, neat_packing no-ckpt 1.08 | 1.09 -> MISS
+Measured 2026-11-28 after the trainer's per-example attention and CPU micro-passes landed
+(--threads 1, 1 round, a test suite running on the other core), fineplat/LLaMA-Factory, wall clock
+| CPU time:
+    synthetic (130k tokens):   defaults 3.94 | 3.81, no-ckpt 3.21 | 3.15, neat_packing 1.94 | 1.88,
+                               neat_packing no-ckpt 1.80 | 1.42  -> PASS (fineplat 8,100 tok/CPU-s)
+    alpaca-demo (293k tokens): defaults 2.31 | 2.42, no-ckpt 1.23 | 1.67, neat_packing 1.57 | 1.61,
+                               neat_packing no-ckpt 1.13 | 1.12  -> MISS (6,740 vs 6,013 tok/CPU-s)
+Before those changes (2 rounds, load 4-5): synthetic neat_packing no-ckpt 1.37 | 1.30, alpaca-demo
+1.16 | 0.98. On alpaca-demo a window holds 1.6 examples (median 342 tokens with this tokenizer),
+so per-example attention saves little and both sides run the same dense work.
 """
 
 from __future__ import annotations
