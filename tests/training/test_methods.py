@@ -91,6 +91,8 @@ def _assert_full_fine_tune(base: BaseModelInfo, data: Path, out: Path, result: T
     training data better than the base model."""
     assert result.steps == 6 and len(result.losses) == 6
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    # Trained with fineplat's per-example attention; saved for any loader (vLLM, plain transformers).
+    assert "fineplat" not in (out / "config.json").read_text()
     tokenizer = load_tokenizer(out)
     assert tokenizer.chat_template == load_tokenizer(base.path).chat_template
     before = load_base_model(base.path)
