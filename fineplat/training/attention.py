@@ -181,8 +181,8 @@ AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
 
 
-def _transformers_model(model: Any) -> Any:
-    """The transformers model inside DDP and peft wrappers."""
+def transformers_model(model: Any) -> Any:
+    """The transformers model inside DDP, DeepSpeed and peft wrappers."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -191,7 +191,7 @@ def use_packed_sdpa(model: Any, max_seq_len: int) -> bool:
     """Switch a loaded model (or peft wrapper) from sdpa to `PACKED_SDPA` for training on packed
     windows; True when switched. Models with sliding-window attention shorter than the window or
     attention soft-capping keep sdpa (this function implements neither)."""
-    base = _transformers_model(model)
+    base = transformers_model(model)
     config = base.config
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return False
@@ -204,6 +204,6 @@ def use_packed_sdpa(model: Any, max_seq_len: int) -> bool:
 
 def restore_sdpa(model: Any) -> None:
     """Undo `use_packed_sdpa` (before saving a full model, so its config names plain sdpa)."""
-    base = _transformers_model(model)
+    base = transformers_model(model)
     if getattr(base.config, "_attn_implementation", None) == PACKED_SDPA:
         base.set_attn_implementation("sdpa")

@@ -28,7 +28,13 @@ from fineplat.errors import TrainingError
 from fineplat.packing.tokenize import IGNORE_INDEX
 from fineplat.training import checkpoint as ckpt
 from fineplat.training import distributed, zero
-from fineplat.training.attention import PACKED_SDPA, prefers_per_example, restore_sdpa, use_packed_sdpa
+from fineplat.training.attention import (
+    PACKED_SDPA,
+    prefers_per_example,
+    restore_sdpa,
+    transformers_model,
+    use_packed_sdpa,
+)
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData, load_training_data
 from fineplat.training.dpo import check_data_fits_method, check_first_step_loss
@@ -158,12 +164,6 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, **
     return logp * mask
 
 
-def _unwrapped(model: Any) -> Any:
-    """The transformers model inside DDP and peft wrappers."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 # Attention implementations that keep the examples of one long row apart by `position_ids` alone,
 # without a [T, T] mask: for them a batch of packed windows can run as a single row.
 _VARLEN_ATTENTION = frozenset({PACKED_SDPA, "flash_attention_2", "flash_attention_3"})
@@ -175,7 +175,7 @@ def _flat_packed_forward(model: Any, batch: dict[str, torch.Tensor]) -> bool:
     takes `logits_to_keep` (Llama, Mistral, Qwen, Gemma, … do)."""
     if "position_ids" not in batch or "attention_mask" in batch:
         return False
-    inner = _unwrapped(model)
+    inner = transformers_model(model)
     implementation = getattr(inner.config, "_attn_implementation", None)
     if implementation not in _VARLEN_ATTENTION:
         return False

@@ -40,3 +40,23 @@ def small_training_data(tiny_base_model: BaseModelInfo, tmp_path_factory: pytest
     out = tmp_path_factory.mktemp("training_data")
     build_training_data(task_rows(120), load_tokenizer(tiny_base_model.path), out, max_seq_len=128)
     return out
+
+
+@pytest.fixture(scope="session")
+def train_in():  # type: ignore[no-untyped-def]
+    """`train_in(config, base, data, root, **kwargs)`: one in-process `train()` with its checkpoints
+    and output under `root` (ck/, out/); kwargs go to `train` (preemption, hooks)."""
+    from fineplat.training import TrainConfig
+    from fineplat.training.trainer import train
+
+    def run(config: dict, base: BaseModelInfo, data: Path, root: Path, **kwargs):  # type: ignore[no-untyped-def]
+        return train(
+            TrainConfig(**config),
+            base_model_dir=base.path,
+            data_dir=data,
+            checkpoint_dir=root / "ck",
+            output_dir=root / "out",
+            **kwargs,
+        )
+
+    return run

@@ -14,11 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from fineplat.basemodel import BaseModelInfo
-from fineplat.training import TrainConfig
 from fineplat.training.checkpoint import MANIFEST
 from fineplat.training.checkpoint_mirror import CheckpointMirror
 from fineplat.training.preemption import Preempted, PreemptionFlag
-from fineplat.training.trainer import train
 
 CONFIG = dict(
     method="lora",
@@ -54,26 +52,20 @@ def mirror(s3_client, request: pytest.FixtureRequest) -> CheckpointMirror:  # ty
     return CheckpointMirror(s3_client, BUCKET, f"{KEY}/{request.node.name}", keep=CONFIG["keep_checkpoints"])
 
 
-def _run(base: BaseModelInfo, data: Path, root: Path, **kwargs):  # type: ignore[no-untyped-def]
-    return train(
-        TrainConfig(**CONFIG),
-        base_model_dir=base.path,
-        data_dir=data,
-        checkpoint_dir=root / "ck",
-        output_dir=root / "out",
-        **kwargs,
-    )
-
-
 def test_preempted_run_resumes_on_a_new_node_from_the_bucket(
-    mirror: CheckpointMirror, tiny_base_model: BaseModelInfo, small_training_data: Path, tmp_path: Path
-) -> None:
-    reference = _run(tiny_base_model, small_training_data, tmp_path / "reference")
+    mirror: CheckpointMirror,
+    train_in,
+    tiny_base_model: BaseModelInfo,
+    small_training_data: Path,
+    tmp_path: Path,
+) -> None:  # type: ignore[no-untyped-def]
+    reference = train_in(CONFIG, tiny_base_model, small_training_data, tmp_path / "reference")
 
     node_a = tmp_path / "node-a"
     flag = PreemptionFlag()
     with pytest.raises(Preempted) as preempted:
-        _run(
+        train_in(
+            CONFIG,
             tiny_base_model,
             small_training_data,
             node_a,
@@ -90,7 +82,7 @@ def test_preempted_run_resumes_on_a_new_node_from_the_bucket(
     restored = mirror.restore(node_b / "ck")
     assert restored is not None and restored.name == "step-00000005"
     assert json.loads((restored / "state.json").read_text())["preempted"] is True
-    resumed = _run(tiny_base_model, small_training_data, node_b, on_checkpoint=mirror.upload)
+    resumed = train_in(CONFIG, tiny_base_model, small_training_data, node_b, on_checkpoint=mirror.upload)
     assert resumed.resumed_from_step == 5
     assert resumed.losses == reference.losses[5:]
     ours = load_file(str(node_b / "out" / "adapter_model.safetensors"))
@@ -104,18 +96,13 @@ def test_preempted_run_resumes_on_a_new_node_from_the_bucket(
 def test_torn_or_corrupt_remote_checkpoints_are_skipped(
     mirror: CheckpointMirror,
     s3_client,
+    train_in,
     tiny_base_model: BaseModelInfo,
     small_training_data: Path,
     tmp_path: Path,
 ) -> None:  # type: ignore[no-untyped-def]
-    config = dict(CONFIG, max_steps=4)
-    train(
-        TrainConfig(**config),
-        base_model_dir=tiny_base_model.path,
-        data_dir=small_training_data,
-        checkpoint_dir=tmp_path / "ck",
-        output_dir=tmp_path / "out",
-        on_checkpoint=mirror.upload,
+    train_in(
+        dict(CONFIG, max_steps=4), tiny_base_model, small_training_data, tmp_path, on_checkpoint=mirror.upload
     )
     assert mirror.remote_checkpoints() == ["step-00000002", "step-00000004"]
     # A SIGKILL mid-upload: step 6's files but no manifest. Not a checkpoint.

@@ -25,7 +25,7 @@ from fineplat.errors import ConfigError
 from fineplat.packing.build import build_training_data
 from fineplat.training import TrainConfig
 from fineplat.training.distributed import check_strategy
-from fineplat.training.trainer import TrainResult, train
+from fineplat.training.trainer import TrainResult
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORLD = 2
@@ -155,37 +155,27 @@ def _distributed_run(config: dict, base: BaseModelInfo, data: Path, root: Path) 
     )
 
 
-def _single_process(config: dict, base: BaseModelInfo, data: Path, root: Path) -> TrainResult:
-    return train(
-        TrainConfig(**config),
-        base_model_dir=base.path,
-        data_dir=data,
-        checkpoint_dir=root / "ck",
-        output_dir=root / "out",
-    )
-
-
 @pytest.fixture(scope="module")
 def ddp(
-    tiny_base_model: BaseModelInfo, odd_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[DistributedRun, TrainResult]:
+    tiny_base_model: BaseModelInfo, odd_data: Path, tmp_path_factory: pytest.TempPathFactory, train_in
+) -> tuple[DistributedRun, TrainResult]:  # type: ignore[no-untyped-def]
     """LoRA: 2 DDP workers with batch_size 2, and one process with batch_size 4."""
     root = tmp_path_factory.mktemp("ddp")
     run = _distributed_run(dict(LORA, batch_size=2), tiny_base_model, odd_data, root / "distributed")
-    single = _single_process(dict(LORA, batch_size=4), tiny_base_model, odd_data, root / "single")
+    single = train_in(dict(LORA, batch_size=4), tiny_base_model, odd_data, root / "single")
     return run, single
 
 
 @pytest.fixture(scope="module")
 def fsdp(
-    tiny_base_model: BaseModelInfo, odd_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[DistributedRun, TrainResult]:
+    tiny_base_model: BaseModelInfo, odd_data: Path, tmp_path_factory: pytest.TempPathFactory, train_in
+) -> tuple[DistributedRun, TrainResult]:  # type: ignore[no-untyped-def]
     """Full SFT: 2 FSDP workers with batch_size 2, and one process with batch_size 4."""
     root = tmp_path_factory.mktemp("fsdp")
     run = _distributed_run(
         dict(FULL, batch_size=2, distributed="fsdp"), tiny_base_model, odd_data, root / "distributed"
     )
-    single = _single_process(dict(FULL, batch_size=4), tiny_base_model, odd_data, root / "single")
+    single = train_in(dict(FULL, batch_size=4), tiny_base_model, odd_data, root / "single")
     return run, single
 
 
@@ -203,7 +193,7 @@ def test_ddp_losses_equal_single_process_with_the_same_global_batch(
     assert run.losses() == pytest.approx(single.losses, rel=LOSS_TOLERANCE)
 
 
-def test_ddp_adapter_equals_single_process(ddp: tuple[DistributedRun, TrainResult]) -> None:
+def test_ddp_adapter_equalstrain_in(ddp: tuple[DistributedRun, TrainResult]) -> None:
     run, single = ddp
     _assert_same_tensors(
         load_file(str(run.root / "out" / "adapter_model.safetensors")),
@@ -236,7 +226,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_one_step_and_both_resume(
     assert resumed_steps == list(range(step + 1, COMMON["max_steps"] + 1))
 
 
-def test_fsdp_full_fine_tune_equals_single_process(fsdp: tuple[DistributedRun, TrainResult]) -> None:
+def test_fsdp_full_fine_tune_equalstrain_in(fsdp: tuple[DistributedRun, TrainResult]) -> None:
     """Sharded weights, gathered checkpoints (resumed after a SIGTERM) and the gathered final model
     reproduce one process's training."""
     run, single = fsdp
@@ -279,7 +269,8 @@ def zero(
     tiny_base_model: BaseModelInfo,
     odd_data: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[DistributedRun, TrainResult]:
+    train_in,
+) -> tuple[DistributedRun, TrainResult]:  # type: ignore[no-untyped-def]
     """DeepSpeed ZeRO over gloo: stage 1 with LoRA and stage 2 with full SFT, 2 workers with
     batch_size 2 (preempted by SIGTERM and resumed), and one plain process with batch_size 4."""
     pytest.importorskip("deepspeed")
@@ -292,7 +283,7 @@ def zero(
         odd_data,
         root / "distributed",
     )
-    single = _single_process(dict(base, batch_size=4), tiny_base_model, odd_data, root / "single")
+    single = train_in(dict(base, batch_size=4), tiny_base_model, odd_data, root / "single")
     return run, single
 
 

@@ -39,8 +39,7 @@ class _FakeCuda:
         return self._utilization
 
 
-def test_gpu_step_reports_peak_memory_per_step_and_nvml_utilization(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = _FakeCuda(87.0)
+def _install(monkeypatch: pytest.MonkeyPatch, fake: _FakeCuda) -> _FakeCuda:
     for name in (
         "is_available",
         "max_memory_allocated",
@@ -49,6 +48,11 @@ def test_gpu_step_reports_peak_memory_per_step_and_nvml_utilization(monkeypatch:
         "utilization",
     ):
         monkeypatch.setattr(gm.torch.cuda, name, getattr(fake, name))
+    return fake
+
+
+def test_gpu_step_reports_peak_memory_per_step_and_nvml_utilization(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _install(monkeypatch, _FakeCuda(87.0))
     first = gm.gpu_metrics(torch.device("cuda", 0))
     assert first == {"gpu_memory_gb": 3.0, "gpu_memory_reserved_gb": 4.0, "gpu_utilization": 87.0}
     second = gm.gpu_metrics(torch.device("cuda", 0))
@@ -57,15 +61,7 @@ def test_gpu_step_reports_peak_memory_per_step_and_nvml_utilization(monkeypatch:
 
 
 def test_gpu_utilization_is_left_out_without_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = _FakeCuda(ModuleNotFoundError("nvidia-ml-py does not seem to be installed"))
-    for name in (
-        "is_available",
-        "max_memory_allocated",
-        "memory_reserved",
-        "reset_peak_memory_stats",
-        "utilization",
-    ):
-        monkeypatch.setattr(gm.torch.cuda, name, getattr(fake, name))
+    _install(monkeypatch, _FakeCuda(ModuleNotFoundError("nvidia-ml-py does not seem to be installed")))
     metrics = gm.gpu_metrics(torch.device("cuda", 0))
     assert "gpu_utilization" not in metrics
     assert metrics["gpu_memory_gb"] == 3.0

@@ -18,7 +18,7 @@ from fineplat.basemodel import BaseModelInfo, load_base_model, load_tokenizer
 from fineplat.training import TrainConfig
 from fineplat.training.data import load_training_data
 from fineplat.training.quantized import load_nf4_model, load_qlora_model
-from fineplat.training.trainer import TrainResult, lm_loss_sum, lora_config, train
+from fineplat.training.trainer import TrainResult, lm_loss_sum, lora_config
 
 CONFIG = dict(method="qlora", lora_rank=4, lora_alpha=8, max_seq_len=128)
 RUN = dict(CONFIG, max_steps=6, batch_size=4, learning_rate_multiplier=10.0, gradient_checkpointing=True)
@@ -157,35 +157,31 @@ def test_guarded_model_keeps_exact_gradients_after_an_eval_forward(
     assert max(errors.values()) < GRADIENT_TOLERANCE
 
 
-def _train(config: dict, base: BaseModelInfo, data: Path, root: Path) -> TrainResult:
-    return train(
-        TrainConfig(**config),
-        base_model_dir=base.path,
-        data_dir=data,
-        checkpoint_dir=root / "ck",
-        output_dir=root / "out",
-    )
-
-
 @pytest.fixture(scope="module")
 def qlora_run(
-    tiny_base_model: BaseModelInfo, small_training_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[TrainResult, Path]:
+    tiny_base_model: BaseModelInfo,
+    small_training_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    train_in,
+) -> tuple[TrainResult, Path]:  # type: ignore[no-untyped-def]
     """Six QLoRA steps with gradient checkpointing and a validation pass after steps 2 and 4."""
     root = tmp_path_factory.mktemp("qlora")
-    return _train(dict(RUN, checkpoint_interval=2), tiny_base_model, small_training_data, root), root / "out"
+    return train_in(
+        dict(RUN, checkpoint_interval=2), tiny_base_model, small_training_data, root
+    ), root / "out"
 
 
 def test_mid_run_validation_does_not_change_qlora_training(
     qlora_run: tuple[TrainResult, Path],
+    train_in,
     tiny_base_model: BaseModelInfo,
     small_training_data: Path,
     tmp_path: Path,
-) -> None:
+) -> None:  # type: ignore[no-untyped-def]
     """The trainer's validation forwards (eval, no grad) leave every later step bit-identical to a
     run without them."""
     with_validation, _ = qlora_run
-    without = _train(dict(RUN, checkpoint_interval=100), tiny_base_model, small_training_data, tmp_path)
+    without = train_in(dict(RUN, checkpoint_interval=100), tiny_base_model, small_training_data, tmp_path)
     assert with_validation.losses == without.losses
 
 
