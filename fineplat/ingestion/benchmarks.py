@@ -12,16 +12,17 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fineplat.errors import DatasetError
 from fineplat.ingestion.formats import read_raw
 
 BENCHMARK_FORMATS = ("gsm8k", "mmlu", "hellaswag", "arc", "humaneval", "truthfulqa", "text")
 _FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz")
+_Derived = TypeVar("_Derived")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class BenchmarkRegistry:
     def __init__(self) -> None:
         self._items: list[BenchmarkItem] = []
         self._sources: dict[str, dict[str, Any]] = {}
-        self.version = 0  # bumped on every add, so compiled n-gram indexes know when to rebuild
+        self._derived: dict[Hashable, Any] = {}  # see `derived`; emptied on every add
 
     def add(
         self,
@@ -86,8 +87,19 @@ class BenchmarkRegistry:
             )
         self._items.extend(items)
         self._sources[name] = {"format": fmt, "source": origin, "items": len(items)}
-        self.version += 1
+        self._derived.clear()
         return len(items)
+
+    def derived(self, key: Hashable, build: Callable[[], _Derived]) -> _Derived:
+        """The value `build()` computes from the registered items (contamination's compiled n-gram
+        index), built once per `key` and kept on this registry: it lives exactly as long as the
+        items it was built from, and adding a benchmark forgets it. (A cache outside the registry,
+        keyed by `id(registry)`, would hand a new registry the index of a freed one at the same
+        address.)"""
+        if key not in self._derived:
+            self._derived[key] = build()
+        value: _Derived = self._derived[key]
+        return value
 
     @property
     def items(self) -> list[BenchmarkItem]:

@@ -171,17 +171,16 @@ class _Index:
     skipped_short: list[dict[str, str]] = field(default_factory=list)
 
 
-_CACHE: dict[tuple[int, int, int], _Index] = {}
+def _compiled(registry: BenchmarkRegistry, ngram: int) -> _Index:
+    """The registry's items indexed for `ngram`, compiled once and kept on the registry."""
+    items = registry.items
+    return registry.derived(("contamination-index", ngram), lambda: _compile(items, ngram))
 
 
-def _compile(registry: BenchmarkRegistry, ngram: int) -> _Index:
+def _compile(items: list[BenchmarkItem], ngram: int) -> _Index:
     """Index every item's n-grams. An item's n-grams are those inside its query and inside its
     answer (not across the two), so a row holding the question in a user turn and the answer in an
     assistant turn shares all of them."""
-    key = (id(registry), registry.version, ngram)
-    if key in _CACHE:
-        return _CACHE[key]
-    items = registry.items
     segments = [segment for item in items for segment in (item.query, item.answer)]
     hashes, counts = _hashed_words(segments)
     grams, owner, _ = _ngram_hashes(hashes, counts, ngram)
@@ -218,8 +217,6 @@ def _compile(registry: BenchmarkRegistry, ngram: int) -> _Index:
             by_length[len(words)][int(segment_grams[0])].append(item_index)
     for length, owners in by_length.items():
         index.whole[length] = (np.array(sorted(owners), dtype=np.uint64), dict(owners))
-    _CACHE.clear()  # one compiled registry at a time: bounded memory
-    _CACHE[key] = index
     return index
 
 
@@ -245,7 +242,7 @@ def decontaminate_rows(
     items = benchmarks.items
     texts = rows.get_column("text").to_list()
     matches: dict[int, list[dict[str, Any]]] = {}
-    index = _compile(benchmarks, ngram) if items else None
+    index = _compiled(benchmarks, ngram) if items else None
     if index is not None and texts:
         matches = _find_matches(texts, items, index, min_fraction)
     sources = rows.get_column("source").to_list()

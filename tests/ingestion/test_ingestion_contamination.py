@@ -160,6 +160,43 @@ def test_escalate_keeps_rows_and_blocks_until_reviewed(
     ]
 
 
+OTHER_QUESTION = (
+    "Soren stacks 9 crates of apples behind the winter festival tent, and each crate holds 14 apples. "
+    "How many apples are stacked behind the tent?"
+)
+
+
+def test_a_new_registry_is_never_handed_the_index_of_a_freed_one(write_lines: Callable[..., Path]) -> None:
+    # CPython hands a freed object's address (its id) to the next object of that size, so a new
+    # registry often has the id of one just dropped; its own items must decide what is flagged.
+    kept = _kept(write_lines, [_chat(f"Solve: {QUESTION}", ANSWER)])
+    address_reused = 0
+    for _ in range(20):
+        first = BenchmarkRegistry()
+        first.add("bench-a", [{"question": QUESTION, "answer": ANSWER}])
+        assert decontaminate_rows(kept, first).report["contaminated_per_benchmark"] == {"bench-a": 1}
+        address = id(first)
+        del first
+        second = BenchmarkRegistry()
+        second.add("bench-b", [{"question": OTHER_QUESTION, "answer": "9 * 14 = 126.\n#### 126"}])
+        address_reused += id(second) == address
+        result = decontaminate_rows(kept, second)
+        assert (result.report["contaminated"], result.report["matches"]) == (0, [])
+        assert result.kept.height == 1
+    assert address_reused > 0  # the freed address was handed out again, so the case above ran
+
+
+def test_adding_a_benchmark_after_a_check_extends_the_next_check(write_lines: Callable[..., Path]) -> None:
+    kept = _kept(write_lines, [_chat(QUESTION), _chat(OTHER_QUESTION)])
+    registry = BenchmarkRegistry()
+    registry.add("bench-a", [{"question": QUESTION, "answer": ANSWER}])
+    assert decontaminate_rows(kept, registry).rejected["line"].to_list() == [1]
+    registry.add("bench-b", [{"question": OTHER_QUESTION, "answer": "#### 126"}])
+    result = decontaminate_rows(kept, registry)
+    assert result.rejected["line"].to_list() == [1, 2]
+    assert result.report["contaminated_per_benchmark"] == {"bench-a": 1, "bench-b": 1}
+
+
 def _write_benchmark_files(root: Path) -> None:
     """One file per benchmark family, in its usual published layout."""
     root.mkdir()
