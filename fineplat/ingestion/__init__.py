@@ -20,7 +20,15 @@ from fineplat.ingestion.contamination import CONTAMINATION_NGRAM, decontaminate_
 from fineplat.ingestion.dedup import NEAR_DUPLICATE_THRESHOLD, deduplicate_rows
 from fineplat.ingestion.formats import FORMATS, detect_format, iter_raw, read_raw
 from fineplat.ingestion.pipeline import IngestionResult, run_ingestion
-from fineplat.ingestion.result import KEPT_SCHEMA, RAW_SCHEMA, REASONS, REJECTED_SCHEMA, StageResult
+from fineplat.ingestion.result import (
+    KEPT_SCHEMA,
+    RAW_SCHEMA,
+    REASONS,
+    REJECTED_SCHEMA,
+    Rejection,
+    StageResult,
+    rejected_frame,
+)
 from fineplat.ingestion.schemas import SCHEMAS
 from fineplat.ingestion.stats import dataset_statistics, plot_length_histogram, source_breakdown
 from fineplat.ingestion.validate import validate_batches, validate_rows
@@ -38,6 +46,7 @@ __all__ = [
     "BenchmarkItem",
     "BenchmarkRegistry",
     "IngestionResult",
+    "Rejection",
     "StageResult",
     "blocking_problems",
     "dataset_statistics",
@@ -52,6 +61,7 @@ __all__ = [
     "read_parquet",
     "read_quarantine",
     "read_raw",
+    "rejected_frame",
     "run_ingestion",
     "source_breakdown",
     "validate_batches",

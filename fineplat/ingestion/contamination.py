@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from fineplat.ingestion.benchmarks import BenchmarkItem, BenchmarkRegistry
-from fineplat.ingestion.result import StageResult, base_report, rejected_frame
+from fineplat.ingestion.result import Rejection, StageResult, base_report, rejected_frame
 
 STAGE = "decontaminate"
 CONTAMINATION_NGRAM = 13  # GPT-3 / lm-evaluation-harness
@@ -258,17 +258,10 @@ def decontaminate_rows(
         kept = rows.filter(pl.Series(keep))
         records = rows.get_column("record").to_list()
         rejected = rejected_frame(
-            [
-                {
-                    "line": lines[row],
-                    "source": sources[row],
-                    "raw": records[row],
-                    "reasons": ["contaminated"],
-                    "detail": _detail(sources[row], lines[row], matches[row][0], ngram),
-                    "stage": STAGE,
-                }
-                for row in flagged_rows
-            ]
+            Rejection(
+                STAGE, sources[row], lines[row], records[row], ("contaminated",), _why(matches[row][0], ngram)
+            )
+            for row in flagged_rows
         )
     else:
         kept, rejected = rows, rejected_frame([])
@@ -297,7 +290,7 @@ def decontaminate_rows(
     return StageResult(kept, rejected, report)
 
 
-def _detail(source: str, line: int, best: dict[str, Any], ngram: int) -> str:
+def _why(best: dict[str, Any], ngram: int) -> str:
     overlap = best["overlap"][0] if best["overlap"] else ""
     how = (
         f"contains the whole item ({best['item_words']} words)"
@@ -305,7 +298,7 @@ def _detail(source: str, line: int, best: dict[str, Any], ngram: int) -> str:
         else f"shares {best['shared_ngrams']} of the item's {best['item_ngrams']} word {ngram}-grams ({best['fraction']:.0%})"
     )
     return (
-        f"{source}, line {line}: overlaps benchmark {best['benchmark']!r} item {best['item']}: {how}, e.g. "
+        f"overlaps benchmark {best['benchmark']!r} item {best['item']}: {how}, e.g. "
         f'"{overlap[:200]}". Training on it would inflate that benchmark\'s score; remove the row or rewrite it.'
     )
 

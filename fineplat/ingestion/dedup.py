@@ -28,7 +28,14 @@ from fineplat.ingestion.minhash import (
     shingle_text,
     signatures,
 )
-from fineplat.ingestion.result import KEPT_SCHEMA, StageResult, base_report, empty_frame, rejected_frame
+from fineplat.ingestion.result import (
+    KEPT_SCHEMA,
+    Rejection,
+    StageResult,
+    base_report,
+    empty_frame,
+    rejected_frame,
+)
 
 STAGE = "deduplicate"
 NEAR_DUPLICATE_THRESHOLD = 0.9  # Jaccard over character 5-grams (issue #4)
@@ -73,22 +80,22 @@ def deduplicate_rows(
     lines = ordered.get_column("line").to_list()
     records = ordered.get_column("record").to_list()
 
-    removed: dict[int, dict[str, Any]] = {}  # row index -> rejection
+    removed: dict[int, Rejection] = {}  # row index -> rejection
+
+    def rejection(index: int, code: str, message: str) -> Rejection:
+        return Rejection(STAGE, sources[index], lines[index], records[index], (code,), message)
+
     first_with_hash: dict[str, int] = {}
     exact_members: dict[int, list[int]] = defaultdict(list)
     for index, content_hash in enumerate(hashes):
         representative = first_with_hash.setdefault(content_hash, index)
         if representative != index:
             exact_members[representative].append(index)
-            removed[index] = _rejection(
-                records,
-                sources,
-                lines,
+            removed[index] = rejection(
                 index,
                 "exact_duplicate",
-                f"{sources[index]}, line {lines[index]}: the normalized text is identical to {sources[representative]}, "
-                f"line {lines[representative]}, which is kept. Nothing to fix unless the repetition was intended "
-                "(then vary the rows).",
+                f"the normalized text is identical to {sources[representative]}, line {lines[representative]}, "
+                "which is kept. Nothing to fix unless the repetition was intended (then vary the rows).",
             )
 
     unique = [index for index in range(n) if index not in removed]
@@ -124,15 +131,12 @@ def deduplicate_rows(
             similarity, earlier = best
             index, representative = unique[position], unique[earlier]
             near_members[representative].append((index, similarity))
-            removed[index] = _rejection(
-                records,
-                sources,
-                lines,
+            removed[index] = rejection(
                 index,
                 "near_duplicate",
-                f"{sources[index]}, line {lines[index]}: near duplicate (Jaccard {similarity:.3f} over character "
-                f"{shingle}-grams, threshold {near_threshold}) of {sources[representative]}, line {lines[representative]}, "
-                "which is kept. Nothing to fix unless both rows are needed (then make them differ more).",
+                f"near duplicate (Jaccard {similarity:.3f} over character {shingle}-grams, threshold "
+                f"{near_threshold}) of {sources[representative]}, line {lines[representative]}, which is kept. "
+                "Nothing to fix unless both rows are needed (then make them differ more).",
             )
 
     keep_mask = np.ones(n, dtype=bool)
@@ -191,19 +195,6 @@ def _in_source_line_order(rows: pl.DataFrame) -> bool:
 
 def _where(sources: list[str], lines: list[int], index: int) -> dict[str, Any]:
     return {"source": sources[index], "line": lines[index]}
-
-
-def _rejection(
-    records: list[str], sources: list[str], lines: list[int], index: int, code: str, detail: str
-) -> dict[str, Any]:
-    return {
-        "line": lines[index],
-        "source": sources[index],
-        "raw": records[index],
-        "reasons": [code],
-        "detail": detail,
-        "stage": STAGE,
-    }
 
 
 def _rows_sharing_a_band(sigs: np.ndarray, params: tuple[int, int]) -> np.ndarray:

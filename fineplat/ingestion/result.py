@@ -5,6 +5,7 @@ the CLI and the benchmark chain stages without glue, and lets an auditor add up 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,11 +81,48 @@ def empty_frame(schema: dict[str, Any]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def rejected_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Build the rejected frame from dicts with the REJECTED_SCHEMA keys."""
+@dataclass(frozen=True)
+class Rejection:
+    """One row a stage stops. Every stage builds its rejected rows with this, so the quarantine
+    reads the same whichever stage stopped a row: the detail always starts with the file and line,
+    and every reason is one of REASONS."""
+
+    stage: str
+    source: str
+    line: int
+    raw: str  # the original record (validation) or the normalized record (later stages)
+    reasons: tuple[str, ...]  # codes from REASONS, most important first
+    message: str  # what is wrong, what was expected and what to do; the location is prepended
+
+    def __post_init__(self) -> None:
+        unknown = [code for code in self.reasons if code not in REASONS]
+        if not self.reasons or unknown:
+            raise ValueError(
+                f"stage {self.stage}: a rejection needs reason codes from REASONS, got {list(self.reasons)}"
+            )
+
+    @property
+    def detail(self) -> str:
+        """The message with the file and line in front, as the quarantine file shows it."""
+        return f"{self.source}, line {self.line}: {self.message}"
+
+
+def rejected_frame(rejections: Iterable[Rejection]) -> pl.DataFrame:
+    """The rejected frame (REJECTED_SCHEMA) of `rejections`, in the order given."""
+    rows = list(rejections)
     if not rows:
         return empty_frame(REJECTED_SCHEMA)
-    return pl.DataFrame(rows, schema=REJECTED_SCHEMA)
+    return pl.DataFrame(
+        {
+            "line": [r.line for r in rows],
+            "source": [r.source for r in rows],
+            "raw": [r.raw for r in rows],
+            "reasons": [list(r.reasons) for r in rows],
+            "detail": [r.detail for r in rows],
+            "stage": [r.stage for r in rows],
+        },
+        schema=REJECTED_SCHEMA,
+    )
 
 
 def reason_counts(rejected: pl.DataFrame) -> dict[str, int]:

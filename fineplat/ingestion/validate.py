@@ -23,7 +23,7 @@ from fineplat.hashing import canonical_json
 from fineplat.ingestion.result import (
     KEPT_SCHEMA,
     RAW_SCHEMA,
-    REJECTED_SCHEMA,
+    Rejection,
     StageResult,
     base_report,
     empty_frame,
@@ -101,7 +101,7 @@ def validate_rows(
         schema_counts = schema_votes(dict_objects, purpose)
     kind = SCHEMA_KIND[chosen_schema] if chosen_schema else PURPOSE_KIND[purpose]
 
-    rejected_rows: list[dict[str, Any]] = []
+    rejected_rows: list[Rejection] = []
     candidates: list[tuple[int, dict[str, Any]]] = []  # (row index, normalized record)
     ignored_fields: Counter[str] = Counter()
     allowed = set(sum(SCHEMA_FIELDS[chosen_schema], ())) if chosen_schema else set()
@@ -172,8 +172,7 @@ def validate_rows(
         render_samples = _render_samples(tokenizer, kind, candidates[:RENDER_SAMPLES], sources, lines)
 
     kept = _kept_frame(kind, candidates, sources, lines)
-    rejected = rejected_frame(rejected_rows) if rejected_rows else empty_frame(REJECTED_SCHEMA)
-    rejected = rejected.sort(["source", "line"], maintain_order=True)
+    rejected = rejected_frame(rejected_rows).sort(["source", "line"], maintain_order=True)
     report = base_report(STAGE, raw.height, kept, rejected)
     report.update(
         {
@@ -290,12 +289,13 @@ def _source_label(sources: list[str]) -> str:
     return unique[0] if len(unique) == 1 else f"{unique[0]} (and {len(unique) - 1} more files)"
 
 
-def _rejection(source: str, line: int, raw: str, problems: list[Problem]) -> dict[str, Any]:
-    codes = list(dict.fromkeys(p.code for p in problems))
-    detail = f"{source}, line {line}: " + " | ".join(
+def _rejection(source: str, line: int, raw: str, problems: list[Problem]) -> Rejection:
+    """All of a row's problems in one rejection: each code once, the messages joined in order."""
+    codes = tuple(dict.fromkeys(p.code for p in problems))
+    message = " | ".join(
         p.message if p.field == "(row)" else f"field {p.field}: {p.message}" for p in problems
     )
-    return {"line": line, "source": source, "raw": raw, "reasons": codes, "detail": detail, "stage": STAGE}
+    return Rejection(STAGE, source, line, raw, codes, message)
 
 
 def _may_hold_surrogates(raw: str) -> bool:
@@ -358,7 +358,7 @@ def _check_tokens(
     sources: list[str],
     lines: list[int],
     raws: list[str],
-) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[int], list[dict[str, Any]]]:
+) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejection], list[int], list[dict[str, Any]]]:
     """Render every candidate with the base model's chat template and enforce the context limit."""
     records = [record for _, record in candidates]
     try:
@@ -372,7 +372,7 @@ def _check_tokens(
                 lengths.append(-1)
     kept: list[tuple[int, dict[str, Any]]] = []
     kept_lengths: list[int] = []
-    rejections: list[dict[str, Any]] = []
+    rejections: list[Rejection] = []
     truncated: list[dict[str, Any]] = []
     for (index, record), length in zip(candidates, lengths, strict=True):
         where = (sources[index], lines[index], raws[index])

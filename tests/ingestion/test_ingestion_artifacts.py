@@ -13,10 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fineplat.hashing import canonical_json
 from fineplat.ingestion import (
     KEPT_SCHEMA,
     REJECTED_SCHEMA,
     BenchmarkRegistry,
+    Rejection,
     dataset_version_id,
     decontaminate_rows,
     deduplicate_rows,
@@ -25,6 +27,7 @@ from fineplat.ingestion import (
     read_parquet,
     read_quarantine,
     read_raw,
+    rejected_frame,
     run_ingestion,
     validate_rows,
     write_parquet,
@@ -148,6 +151,52 @@ def test_every_row_is_kept_quarantined_or_removed_with_a_reason(
     deduplicated = deduplicate_rows(validated.kept)
     decontaminated = decontaminate_rows(deduplicated.kept, registry)
     assert ingestion_totals([validated.report, deduplicated.report, decontaminated.report]) == result.totals
+
+
+def test_every_stage_writes_the_same_quarantine_line(
+    tmp_path: Path, write_lines: Callable[..., Path]
+) -> None:
+    benchmark = generate_benchmark_sample(tmp_path / "gsm.jsonl", n=1)
+    question = json.loads(benchmark.read_text())["question"]
+    leak = {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "42"}]}
+    path = write_lines([*ROWS[:2], "{bad", ROWS[0], leak])
+    registry = BenchmarkRegistry()
+    registry.add("gsm8k-sample", benchmark)
+    quarantine = write_quarantine(
+        run_ingestion(path, benchmarks=registry).rejected, tmp_path / "quarantine.jsonl"
+    )
+    entries = [json.loads(line) for line in quarantine.read_text(encoding="utf-8").splitlines()]
+    assert [(e["line"], e["stage"], e["reasons"]) for e in entries] == [
+        (3, "validate", ["json_parse_error"]),
+        (4, "deduplicate", ["exact_duplicate"]),
+        (5, "decontaminate", ["contaminated"]),
+    ]
+    for entry in entries:
+        assert list(entry) == ["source", "line", "raw", "reasons", "detail", "stage"]
+        assert entry["source"] == str(path)
+        assert entry["detail"].startswith(f"{path}, line {entry['line']}: ")
+    assert entries[1]["raw"] == canonical_json(ROWS[0])  # later stages keep the normalized record
+    assert entries[1]["detail"].endswith(
+        f"identical to {path}, line 1, which is kept. Nothing to fix unless "
+        "the repetition was intended (then vary the rows)."
+    )
+
+
+def test_a_rejection_needs_a_known_reason_code() -> None:
+    made = Rejection("validate", "data.jsonl", 3, "{}", ("missing_field",), "expected `messages`; add it.")
+    assert made.detail == "data.jsonl, line 3: expected `messages`; add it."
+    for reasons in [(), ("misspelled_code",)]:
+        with pytest.raises(ValueError, match="a rejection needs reason codes from REASONS"):
+            Rejection("validate", "data.jsonl", 3, "{}", reasons, "message")
+    assert rejected_frame([made]).row(0, named=True) == {
+        "line": 3,
+        "source": "data.jsonl",
+        "raw": "{}",
+        "reasons": ["missing_field"],
+        "detail": "data.jsonl, line 3: expected `messages`; add it.",
+        "stage": "validate",
+    }
+    assert rejected_frame([]).schema == pl.Schema(REJECTED_SCHEMA)
 
 
 def test_source_breakdown_names_the_file_that_carries_the_problems(tmp_path: Path) -> None:
