@@ -50,6 +50,7 @@ REASONS: dict[str, str] = {
     "no_loss_tokens": "every assistant turn has weight 0, so the row trains nothing",
     "prompt_mismatch": "chosen and rejected do not share the same prompt",
     "chosen_equals_rejected": "the chosen and rejected responses are identical",
+    "unpaired_preference": "the row is unpaired (KTO-style) preference data, a method fineplat does not train",
     "too_many_tokens": "the rendered row exceeds the context limit",
     "template_error": "the base model's chat template cannot render the row",
     "exact_duplicate": "the normalized text equals that of an earlier row",

@@ -4,8 +4,10 @@ row instead of stopping at the first exception.
 
 Schemas (detected per dataset, overridable): OpenAI chat `messages`, `prompt`/`completion`, Alpaca
 (`instruction`/`input`/`output`), ShareGPT (`conversations` of `from`/`value`, function-call turns
-included), preference triples (`prompt`/`chosen`/`rejected`, strings or message lists, and Anthropic
-HH-style transcripts without `prompt`) and plain `text`.
+included), preference triples (`prompt`/`chosen`/`rejected`, strings, message lists or single
+message objects; LLaMA-Factory's ShareGPT pairs with the prompt in `conversations`; Anthropic
+HH-style transcripts without `prompt`) and plain `text`. Unpaired (KTO-style) preference rows, chat
+rows with a boolean `label`, are refused with what to do instead: fineplat does not train KTO.
 
 Normalized forms: chat `{"messages": [{"role", "content", "weight"?: 0}]}`; preference
 `{"prompt": [...], "chosen": [...], "rejected": [...]}`; text `{"text": str}`. A weight of 1 is the
@@ -17,9 +19,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from fineplat.errors import DatasetError
 from fineplat.hashing import canonical_json
@@ -41,7 +43,7 @@ SCHEMA_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (requir
     "prompt_completion": (("prompt", "completion"), ()),
     "alpaca": (("instruction", "output"), ("input", "system", "history")),
     "sharegpt": (("conversations",), ("system", "tools")),
-    "preference": (("chosen", "rejected"), ("prompt",)),
+    "preference": (("chosen", "rejected"), ("prompt", "conversations", "system")),
     "text": (("text",), ()),
 }
 ROLES = ("system", "user", "assistant", "tool")
@@ -72,6 +74,19 @@ _SHAREGPT_ROLES = {
     "function": "tool",
 }
 _SHAREGPT_TURN_KEYS = {"from", "value", "weight", "role", "content", "name"}
+_OPENAI_EXAMPLE = '{"role": ..., "content": ...}'
+_OPENAI_KEYS_TEXT = ", ".join(sorted(_OPENAI_MESSAGE_KEYS))
+_SHAREGPT_EXAMPLE = '{"from": ..., "value": ...}'
+# Unpaired (KTO-style) preference rows: a conversation or prompt/completion plus a JSON boolean saying
+# whether the completion is desirable (TRL's "unpaired preference" type; LLaMA-Factory's `kto_tag`,
+# `label` in its kto_en_demo.json). fineplat trains SFT and paired DPO only, so such rows are refused:
+# read as chat, they would train on the undesirable completions too.
+UNPAIRED_LABEL_FIELD = "label"
+_UNPAIRED_FIX = (
+    "fineplat trains SFT and paired preferences (DPO), not KTO. For SFT, keep the rows with label true and "
+    "delete the `label` field; for DPO, pair a desirable and an undesirable completion of the same prompt "
+    "as `chosen` and `rejected`."
+)
 # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..." in one string.
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
@@ -130,12 +145,28 @@ def schema_votes(objects: Iterable[dict[str, Any]], purpose: Purpose) -> dict[st
     return {name: counts[name] for name in SCHEMAS if name in counts}
 
 
+def is_unpaired_preference(obj: dict[str, Any], schema: str | None) -> bool:
+    """Whether a row read under `schema` is an unpaired (KTO-style) preference row: a chat row that
+    carries a boolean `label`."""
+    return (
+        schema is not None and SCHEMA_KIND[schema] == "chat" and type(obj.get(UNPAIRED_LABEL_FIELD)) is bool
+    )
+
+
 def detect_schema(
     objects: Iterable[dict[str, Any]], purpose: Purpose, source: str
 ) -> tuple[str, dict[str, int]]:
     """Pick the dataset's schema by majority over its rows (ties broken by SCHEMAS order), so one odd
     row is reported as that row's problem, not as a misdetected file. Raises DatasetError when the
-    data fits no schema or only schemas of another purpose."""
+    data fits no schema, only schemas of another purpose, or is mostly unpaired preference data."""
+    objects = list(objects)
+    unpaired = sum(is_unpaired_preference(obj, row_schema(obj, purpose)) for obj in objects)
+    if unpaired * 2 > len(objects):
+        raise DatasetError(
+            f"{source}: {unpaired} of {len(objects)} rows are unpaired (KTO-style) preference data: a "
+            f"conversation with a boolean `{UNPAIRED_LABEL_FIELD}` saying whether its completion is desirable. "
+            + _UNPAIRED_FIX
+        )
     counts = Counter(schema_votes(objects, purpose))
     wanted = PURPOSE_KIND[purpose]
     fitting = [
@@ -220,6 +251,14 @@ def _plain_openai(obj: dict[str, Any], purpose: Purpose) -> dict[str, Any] | Non
 def normalize(obj: Any, schema: str, purpose: Purpose) -> Normalized:
     """Normalize one parsed row under `schema`, collecting every problem."""
     kind = SCHEMA_KIND[schema]
+    if type(obj) is dict and is_unpaired_preference(obj, schema):
+        label = "true" if obj[UNPAIRED_LABEL_FIELD] else "false"
+        message = (
+            f"`{UNPAIRED_LABEL_FIELD}: {label}` marks this row as unpaired (KTO-style) preference data, one "
+            f"completion judged {'desirable' if label == 'true' else 'undesirable'}; it is not trained as "
+            f"plain chat. {_UNPAIRED_FIX}"
+        )
+        return Normalized(kind, None, [Problem("unpaired_preference", UNPAIRED_LABEL_FIELD, message)])
     if schema == "openai" and type(obj) is dict:
         plain = _plain_openai(obj, purpose)
         if plain is not None:
@@ -249,7 +288,7 @@ def normalize(obj: Any, schema: str, purpose: Purpose) -> Normalized:
         return Normalized(kind, None, problems)
     record: dict[str, Any] | None
     if schema == "openai":
-        messages = _messages(obj["messages"], "messages", problems, _OPENAI_ROLES, openai=True)
+        messages = _messages(obj["messages"], "messages", problems)
         record = {"messages": messages}
     elif schema == "sharegpt":
         messages = _sharegpt_turns(obj, problems)
@@ -324,21 +363,20 @@ def _content_text(value: Any, field: str, problems: list[Problem]) -> str | None
     return None
 
 
-def _messages(
-    value: Any,
-    field: str,
-    problems: list[Problem],
-    role_map: dict[str, str],
-    *,
-    openai: bool,
+_MessageReader = Callable[[Any, str, list[Problem]], "dict[str, Any] | None"]
+
+
+def _message_list(
+    value: Any, field: str, problems: list[Problem], read: _MessageReader, *, noun: str, example: str
 ) -> list[dict[str, Any]]:
-    """Normalize an OpenAI-style message list (role/content/weight, tool calls as JSON content)."""
+    """Normalize a JSON array of messages with `read` (one message, its field path), collecting the
+    problems of every message; `noun` and `example` say in the messages what the array should hold."""
     if not isinstance(value, list):
         problems.append(
             Problem(
                 "wrong_type",
                 field,
-                f'expected an array of messages, got {_type_name(value)}; write [{{"role": ..., "content": ...}}, ...].',
+                f"expected an array of {noun}s, got {_type_name(value)}; write [{example}, ...].",
             )
         )
         return []
@@ -347,52 +385,75 @@ def _messages(
             Problem(
                 "empty_content",
                 field,
-                "expected at least one message; the list is empty. Add the conversation or delete the row.",
+                f"expected at least one {noun}; the list is empty. Add the conversation or delete the row.",
             )
         )
         return []
     out: list[dict[str, Any]] = []
-    for index, message in enumerate(value):
-        path = f"{field}[{index}]"
-        if not isinstance(message, dict):
-            problems.append(
-                Problem(
-                    "wrong_type",
-                    path,
-                    f'expected a message object, got {_type_name(message)}; write {{"role": ..., "content": ...}}.',
-                )
-            )
-            continue
-        if openai:
-            for key in sorted(set(message) - _OPENAI_MESSAGE_KEYS):
-                problems.append(
-                    Problem(
-                        "extra_field",
-                        f"{path}.{key}",
-                        f"unexpected message field `{key}`; a message has "
-                        + ", ".join(sorted(_OPENAI_MESSAGE_KEYS))
-                        + ". Rename or remove it.",
-                    )
-                )
-        if "role" not in message:
-            problems.append(
-                Problem(
-                    "missing_field",
-                    f"{path}.role",
-                    "expected `role` (system, user, assistant or tool); add it.",
-                )
-            )
-            continue
-        role = _role(message["role"], f"{path}.role", role_map, problems)
-        content = _openai_content(message, path, role, problems)
-        if role is None or content is None:
-            continue
-        normalized: dict[str, Any] = {"role": role, "content": content}
-        weight = _weight(message, path, role, problems)
-        if weight == 0:
-            normalized["weight"] = 0
-        out.append(normalized)
+    for index, item in enumerate(value):
+        message = read(item, f"{field}[{index}]", problems)
+        if message is not None:
+            out.append(message)
     return out
+
+
+def _messages(value: Any, field: str, problems: list[Problem]) -> list[dict[str, Any]]:
+    """Normalize an OpenAI-style message list (role/content/weight, tool calls as JSON content)."""
+    return _message_list(value, field, problems, _openai_message, noun="message", example=_OPENAI_EXAMPLE)
+
+
+def _openai_message(message: Any, path: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """One OpenAI-style message: {role, content, weight?, name?, tool_calls?, ...}."""
+    if not _is_message_object(
+        message, path, problems, "message", _OPENAI_EXAMPLE, _OPENAI_MESSAGE_KEYS, _OPENAI_KEYS_TEXT
+    ):
+        return None
+    if "role" not in message:
+        problems.append(
+            Problem(
+                "missing_field",
+                f"{path}.role",
+                "expected `role` (system, user, assistant or tool); add it.",
+            )
+        )
+        return None
+    role = _role(message["role"], f"{path}.role", _OPENAI_ROLES, problems)
+    content = _openai_content(message, path, role, problems)
+    if role is None or content is None:
+        return None
+    return _weighted(message, path, role, content, problems)
+
+
+def _is_message_object(
+    value: Any, path: str, problems: list[Problem], noun: str, example: str, keys: set[str], keys_text: str
+) -> TypeGuard[dict[str, Any]]:
+    """Whether `value` is an object (a problem when not); any key outside `keys` is a problem too."""
+    if not isinstance(value, dict):
+        problems.append(
+            Problem(
+                "wrong_type", path, f"expected a {noun} object, got {_type_name(value)}; write {example}."
+            )
+        )
+        return False
+    for key in sorted(set(value) - keys):
+        problems.append(
+            Problem(
+                "extra_field",
+                f"{path}.{key}",
+                f"unexpected {noun} field `{key}`; a {noun} has {keys_text}. Rename or remove it.",
+            )
+        )
+    return True
+
+
+def _weighted(
+    source: dict[str, Any], path: str, role: str, content: str, problems: list[Problem]
+) -> dict[str, Any]:
+    """The normalized message; weight 0 is kept, weight 1 (the default) is dropped."""
+    message: dict[str, Any] = {"role": role, "content": content}
+    if _weight(source, path, role, problems) == 0:
+        message["weight"] = 0
+    return message
 
 
 def _role(value: Any, field: str, role_map: dict[str, str], problems: list[Problem]) -> str | None:
@@ -493,100 +554,84 @@ def _weight(message: dict[str, Any], path: str, role: str, problems: list[Proble
 
 
 def _sharegpt_turns(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]]:
-    turns = obj["conversations"]
-    out: list[dict[str, Any]] = []
+    """The `system` field (if any) and the `conversations` turns of a ShareGPT row."""
+    system = _system_turn(obj, problems)
+    return system + _message_list(
+        obj["conversations"],
+        "conversations",
+        problems,
+        _sharegpt_turn,
+        noun="turn",
+        example=_SHAREGPT_EXAMPLE,
+    )
+
+
+def _system_turn(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]]:
+    """The row's `system` field as a leading system message ([] when absent or blank)."""
     system = obj.get("system")
-    if system is not None:
-        if not isinstance(system, str):
-            problems.append(
-                Problem(
-                    "wrong_type",
-                    "system",
-                    f"expected a string, got {_type_name(system)}; write the system prompt as a string.",
-                )
-            )
-        elif system.strip():
-            out.append({"role": "system", "content": system})
-    if not isinstance(turns, list):
+    if system is None:
+        return []
+    if not isinstance(system, str):
         problems.append(
             Problem(
                 "wrong_type",
-                "conversations",
-                f'expected an array of turns, got {_type_name(turns)}; write [{{"from": ..., "value": ...}}, ...].',
+                "system",
+                f"expected a string, got {_type_name(system)}; write the system prompt as a string.",
             )
         )
-        return out
-    if not turns:
+        return []
+    return [{"role": "system", "content": system}] if system.strip() else []
+
+
+def _sharegpt_turn(turn: Any, path: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """One ShareGPT turn: {from, value, weight?} (or {role, content}, which some exports use)."""
+    if not _is_message_object(
+        turn, path, problems, "turn", _SHAREGPT_EXAMPLE, _SHAREGPT_TURN_KEYS, "`from` and `value`"
+    ):
+        return None
+    role_key, content_key = ("from", "value") if "from" in turn else ("role", "content")
+    if role_key not in turn:
+        problems.append(
+            Problem(
+                "missing_field",
+                f"{path}.from",
+                "expected `from` (human, gpt, system, function_call, observation); add it.",
+            )
+        )
+        return None
+    if content_key not in turn:
+        problems.append(Problem("missing_field", f"{path}.{content_key}", "expected the turn text; add it."))
+        return None
+    role = _role(turn[role_key], f"{path}.{role_key}", _SHAREGPT_ROLES, problems)
+    content = turn[content_key]
+    if not isinstance(content, str):
+        problems.append(
+            Problem(
+                "wrong_type",
+                f"{path}.{content_key}",
+                f"expected a string, got {_type_name(content)}; write the text as a JSON string.",
+            )
+        )
+        return None
+    if not content.strip():
         problems.append(
             Problem(
                 "empty_content",
-                "conversations",
-                "expected at least one turn; the list is empty. Add the conversation or delete the row.",
+                f"{path}.{content_key}",
+                "expected non-empty text; fill it in or delete the turn.",
             )
         )
-        return out
-    for index, turn in enumerate(turns):
-        path = f"conversations[{index}]"
-        if not isinstance(turn, dict):
-            problems.append(
-                Problem(
-                    "wrong_type",
-                    path,
-                    f'expected a turn object, got {_type_name(turn)}; write {{"from": ..., "value": ...}}.',
-                )
-            )
-            continue
-        for key in sorted(set(turn) - _SHAREGPT_TURN_KEYS):
-            problems.append(
-                Problem(
-                    "extra_field",
-                    f"{path}.{key}",
-                    f"unexpected turn field `{key}`; a turn has `from` and `value`. Rename or remove it.",
-                )
-            )
-        role_key, content_key = ("from", "value") if "from" in turn else ("role", "content")
-        if role_key not in turn:
-            problems.append(
-                Problem(
-                    "missing_field",
-                    f"{path}.from",
-                    "expected `from` (human, gpt, system, function_call, observation); add it.",
-                )
-            )
-            continue
-        if content_key not in turn:
-            problems.append(
-                Problem("missing_field", f"{path}.{content_key}", "expected the turn text; add it.")
-            )
-            continue
-        role = _role(turn[role_key], f"{path}.{role_key}", _SHAREGPT_ROLES, problems)
-        content = turn[content_key]
-        if not isinstance(content, str):
-            problems.append(
-                Problem(
-                    "wrong_type",
-                    f"{path}.{content_key}",
-                    f"expected a string, got {_type_name(content)}; write the text as a JSON string.",
-                )
-            )
-            continue
-        if not content.strip():
-            problems.append(
-                Problem(
-                    "empty_content",
-                    f"{path}.{content_key}",
-                    "expected non-empty text; fill it in or delete the turn.",
-                )
-            )
-            continue
-        if role is None:
-            continue
-        message: dict[str, Any] = {"role": role, "content": content}
-        weight = _weight(turn, path, role, problems)
-        if weight == 0:
-            message["weight"] = 0
-        out.append(message)
-    return out
+        return None
+    if role is None:
+        return None
+    return _weighted(turn, path, role, content, problems)
+
+
+def _any_message(message: Any, path: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """A message in either common shape: a ShareGPT turn (`from`/`value`) or an OpenAI message."""
+    if isinstance(message, dict) and ("from" in message or "value" in message):
+        return _sharegpt_turn(message, path, problems)
+    return _openai_message(message, path, problems)
 
 
 def _string_field(obj: dict[str, Any], name: str, problems: list[Problem], *, required: bool) -> str | None:
@@ -642,11 +687,11 @@ def _prompt_completion(obj: dict[str, Any], problems: list[Problem]) -> list[dic
     prompt, completion = obj["prompt"], obj["completion"]
     messages: list[dict[str, Any]] = []
     if isinstance(prompt, list):
-        messages += _messages(prompt, "prompt", problems, _OPENAI_ROLES, openai=True)
+        messages += _messages(prompt, "prompt", problems)
     elif (text := _string_field(obj, "prompt", problems, required=True)) is not None:
         messages.append({"role": "user", "content": text})
     if isinstance(completion, list):
-        messages += _messages(completion, "completion", problems, _OPENAI_ROLES, openai=True)
+        messages += _messages(completion, "completion", problems)
     elif (text := _string_field(obj, "completion", problems, required=True)) is not None:
         messages.append({"role": "assistant", "content": text})
     return messages
@@ -664,6 +709,8 @@ def _parse_hh(text: str) -> list[dict[str, Any]] | None:
 
 
 def _side(obj: dict[str, Any], name: str, problems: list[Problem]) -> list[dict[str, Any]] | str | None:
+    """`chosen` or `rejected`: a response string, one message object (LLaMA-Factory's ShareGPT
+    preference rows hold a single {"from": "gpt", "value": ...}) or an array of messages."""
     value = obj[name]
     if isinstance(value, str):
         if not value.strip():
@@ -676,18 +723,54 @@ def _side(obj: dict[str, Any], name: str, problems: list[Problem]) -> list[dict[
             )
             return None
         return value
+    before = len(problems)
+    messages = _preference_messages(value, name, problems)
+    return None if messages is None or len(problems) > before else messages
+
+
+def _preference_messages(value: Any, field: str, problems: list[Problem]) -> list[dict[str, Any]] | None:
+    """A message array or a single message object, each message in OpenAI or ShareGPT shape; None
+    (with a problem) for any other JSON type."""
+    if isinstance(value, dict):
+        message = _any_message(value, field, problems)
+        return [message] if message is not None else []
     if isinstance(value, list):
-        before = len(problems)
-        messages = _messages(value, name, problems, _OPENAI_ROLES, openai=True)
-        return None if len(problems) > before else messages
+        return _message_list(value, field, problems, _any_message, noun="message", example=_OPENAI_EXAMPLE)
     problems.append(
         Problem(
             "wrong_type",
-            name,
+            field,
             f"expected a string or an array of messages, got {_type_name(value)}; convert it.",
         )
     )
     return None
+
+
+def _preference_prompt(obj: dict[str, Any], problems: list[Problem]) -> list[dict[str, Any]] | None:
+    """The conversation the responses answer, from `prompt` (a string, a message or messages) or
+    from ShareGPT `conversations` (LLaMA-Factory's preference rows); None when neither is given."""
+    if obj.get("prompt") is not None and obj.get("conversations") is not None:
+        problems.append(
+            Problem(
+                "extra_field",
+                "conversations",
+                "expected the prompt in `prompt` or in `conversations`, not both; remove one of them.",
+            )
+        )
+        return None
+    if obj.get("conversations") is not None:
+        return _preference_messages(obj["conversations"], "conversations", problems)
+    prompt_value = obj.get("prompt")
+    if prompt_value is None:
+        return None
+    if not isinstance(prompt_value, str):
+        return _preference_messages(prompt_value, "prompt", problems)
+    if not prompt_value.strip():
+        problems.append(
+            Problem("empty_content", "prompt", "expected a non-empty prompt; fill it in or delete the row.")
+        )
+        return None
+    return [{"role": "user", "content": prompt_value}]
 
 
 def _split_context(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -703,27 +786,8 @@ def _strip_weights(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _preference(obj: dict[str, Any], problems: list[Problem]) -> dict[str, Any] | None:
     chosen = _side(obj, "chosen", problems)
     rejected = _side(obj, "rejected", problems)
-    prompt_value = obj.get("prompt")
-    prompt: list[dict[str, Any]] | None = None
-    if prompt_value is not None:
-        if isinstance(prompt_value, list):
-            prompt = _messages(prompt_value, "prompt", problems, _OPENAI_ROLES, openai=True)
-        elif isinstance(prompt_value, str) and prompt_value.strip():
-            prompt = [{"role": "user", "content": prompt_value}]
-        elif isinstance(prompt_value, str):
-            problems.append(
-                Problem(
-                    "empty_content", "prompt", "expected a non-empty prompt; fill it in or delete the row."
-                )
-            )
-        else:
-            problems.append(
-                Problem(
-                    "wrong_type",
-                    "prompt",
-                    f"expected a string or an array of messages, got {_type_name(prompt_value)}; convert it.",
-                )
-            )
+    prompt = _preference_prompt(obj, problems)
+    system = _system_turn(obj, problems)
     if chosen is None or rejected is None or problems:
         return None
     if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):
@@ -776,6 +840,7 @@ def _preference(obj: dict[str, Any], problems: list[Problem]) -> dict[str, Any] 
             )
         )
         return None
+    prompt = [*system, *prompt]
     for name, side in (("chosen", chosen), ("rejected", rejected)):
         if not side:
             problems.append(

@@ -328,3 +328,188 @@ def test_sharegpt_with_per_turn_weights(tmp_path: Path) -> None:
             ]
         }
     ]
+
+
+def test_llama_factory_sharegpt_preferences_with_single_message_responses(tmp_path: Path) -> None:
+    # LLaMA-Factory's data/dpo_en_demo.json (dataset_info: "ranking": true, "formatting": "sharegpt",
+    # columns messages=conversations, chosen, rejected): a JSON array, 2-space indent, the prompt as
+    # ShareGPT `conversations` and chosen/rejected each ONE turn object, not an array.
+    path = tmp_path / "dpo_en_demo.json"
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [{"from": "human", "value": "Suggest a name for a bakery by the sea."}],
+                    "chosen": {"from": "gpt", "value": 'How about "Tide & Crumb"?'},
+                    "rejected": {"from": "gpt", "value": "Bakery."},
+                },
+                {
+                    "conversations": [
+                        {"from": "system", "value": "You are a patient tutor."},
+                        {"from": "human", "value": "What is 7 times 8?"},
+                        {"from": "gpt", "value": "56."},
+                        {"from": "human", "value": "And 56 divided by 4?"},
+                    ],
+                    "chosen": {"from": "gpt", "value": "14, because 4 times 14 is 56."},
+                    "rejected": {"from": "gpt", "value": "12."},
+                },
+            ],
+            indent=2,
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
+    result = validate_rows(read_raw(path), purpose="dpo")
+    assert (result.report["schema"], result.report["rejected"], result.report["ignored_fields"]) == (
+        "preference",
+        0,
+        {},
+    )
+    assert _records(result) == [
+        {
+            "prompt": [{"role": "user", "content": "Suggest a name for a bakery by the sea."}],
+            "chosen": [{"role": "assistant", "content": 'How about "Tide & Crumb"?'}],
+            "rejected": [{"role": "assistant", "content": "Bakery."}],
+        },
+        {
+            "prompt": [
+                {"role": "system", "content": "You are a patient tutor."},
+                {"role": "user", "content": "What is 7 times 8?"},
+                {"role": "assistant", "content": "56."},
+                {"role": "user", "content": "And 56 divided by 4?"},
+            ],
+            "chosen": [{"role": "assistant", "content": "14, because 4 times 14 is 56."}],
+            "rejected": [{"role": "assistant", "content": "12."}],
+        },
+    ]
+
+
+def test_single_message_responses_in_openai_shape_and_their_problems(tmp_path: Path) -> None:
+    # The same layout with OpenAI-style objects, a ShareGPT `system` field, and a broken response object.
+    rows = [
+        {
+            "system": "Answer in one word.",
+            "prompt": [{"role": "user", "content": "Capital of Italy?"}],
+            "chosen": {"role": "assistant", "content": "Rome"},
+            "rejected": {"role": "assistant", "content": "Milan"},
+        },
+        {
+            "conversations": [{"from": "human", "value": "Capital of Spain?"}],
+            "chosen": {"from": "robot", "value": "Madrid"},
+            "rejected": {"from": "gpt", "value": "Seville"},
+        },
+        {
+            "prompt": "Capital of Peru?",
+            "conversations": [{"from": "human", "value": "Capital of Peru?"}],
+            "chosen": {"from": "gpt", "value": "Lima"},
+            "rejected": {"from": "gpt", "value": "Cusco"},
+        },
+    ]
+    result = validate_rows(read_raw(_write_jsonl(tmp_path / "pairs.jsonl", rows)), purpose="dpo")
+    assert _records(result) == [
+        {
+            "prompt": [
+                {"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "Capital of Italy?"},
+            ],
+            "chosen": [{"role": "assistant", "content": "Rome"}],
+            "rejected": [{"role": "assistant", "content": "Milan"}],
+        }
+    ]
+    assert result.rejected["reasons"].to_list() == [["unknown_role"], ["extra_field"]]
+    details = result.rejected["detail"].to_list()
+    assert details[0].startswith(
+        f"{tmp_path / 'pairs.jsonl'}, line 2: field chosen.from: unknown role 'robot'"
+    )
+    assert details[1].endswith(
+        "line 3: field conversations: expected the prompt in `prompt` or in `conversations`, not both; "
+        "remove one of them."
+    )
+
+
+def _kto_rows() -> list[dict[str, Any]]:
+    # LLaMA-Factory's data/kto_en_demo.json (dataset_info: "formatting": "sharegpt", columns
+    # messages=messages, kto_tag=label; tags role/content/user/assistant): messages with `content`
+    # before `role`, and a boolean `label`.
+    return [
+        {
+            "messages": [
+                {
+                    "content": "Which is the best summary: (A) World (B) Sports? Spyware law news.",
+                    "role": "user",
+                },
+                {"content": "Ooh ooh! *giggle* Sports!", "role": "assistant"},
+            ],
+            "label": False,
+        },
+        {
+            "messages": [
+                {"content": "Compare the hippocampus and the prefrontal cortex.", "role": "user"},
+                {
+                    "content": "The hippocampus forms memories; the prefrontal cortex plans.",
+                    "role": "assistant",
+                },
+            ],
+            "label": True,
+        },
+    ]
+
+
+def _trl_unpaired_rows() -> list[dict[str, Any]]:
+    # TRL's "unpaired preference" dataset type, standard and conversational: prompt, completion, label.
+    return [
+        {"prompt": "The sky is", "completion": " blue.", "label": True},
+        {
+            "prompt": [{"role": "user", "content": "What color is the sky?"}],
+            "completion": [{"role": "assistant", "content": "It is green."}],
+            "label": False,
+        },
+    ]
+
+
+@pytest.mark.parametrize("purpose", ["sft", "dpo"])
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [("kto_en_demo.json", _kto_rows()), ("unpaired_preference.json", _trl_unpaired_rows())],
+)
+def test_unpaired_preference_files_are_refused_with_what_to_do(
+    tmp_path: Path, purpose: str, name: str, rows: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / name
+    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(DatasetError) as raised:
+        validate_rows(read_raw(path), purpose=purpose)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        f"{path}: 2 of 2 rows are unpaired (KTO-style) preference data: a conversation with a boolean "
+        "`label` saying whether its completion is desirable. fineplat trains SFT and paired preferences "
+        "(DPO), not KTO. For SFT, keep the rows with label true and delete the `label` field; for DPO, pair "
+        "a desirable and an undesirable completion of the same prompt as `chosen` and `rejected`."
+    )
+
+
+def test_unpaired_preference_rows_among_chat_rows_are_rejected_not_trained(tmp_path: Path) -> None:
+    rows: list[dict[str, Any]] = [
+        {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}."}]}
+        for i in range(3)
+    ]
+    rows += [
+        *_kto_rows(),
+        {"messages": _kto_rows()[1]["messages"], "label": "good"},  # not a boolean: ordinary metadata
+    ]
+    path = _write_jsonl(tmp_path / "mixed.jsonl", rows)
+    result = validate_rows(read_raw(path))
+    assert result.report["schema"] == "openai"
+    assert result.kept["line"].to_list() == [1, 2, 3, 6]
+    assert result.rejected["reasons"].to_list() == [["unpaired_preference"]] * 2
+    assert result.rejected["detail"].to_list() == [
+        f"{path}, line {line}: field label: `label: {label}` marks this row as unpaired (KTO-style) "
+        f"preference data, one completion judged {judged}; it is not trained as plain chat. fineplat trains "
+        "SFT and paired preferences (DPO), not KTO. For SFT, keep the rows with label true and delete the "
+        "`label` field; for DPO, pair a desirable and an undesirable completion of the same prompt as "
+        "`chosen` and `rejected`."
+        for line, label, judged in [(4, "false", "undesirable"), (5, "true", "desirable")]
+    ]
+    # An explicit schema skips detection; the rows are still refused one by one.
+    trl = _write_jsonl(tmp_path / "trl.jsonl", _trl_unpaired_rows())
+    forced = validate_rows(read_raw(trl), schema="prompt_completion")
+    assert (forced.report["kept"], forced.rejected["reasons"].to_list()) == (0, [["unpaired_preference"]] * 2)
