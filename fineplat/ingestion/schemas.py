@@ -252,11 +252,11 @@ def normalize(obj: Any, schema: str, purpose: Purpose) -> Normalized:
     """Normalize one parsed row under `schema`, collecting every problem."""
     kind = SCHEMA_KIND[schema]
     if type(obj) is dict and is_unpaired_preference(obj, schema):
-        label = "true" if obj[UNPAIRED_LABEL_FIELD] else "false"
+        desirable: bool = obj[UNPAIRED_LABEL_FIELD]
         message = (
-            f"`{UNPAIRED_LABEL_FIELD}: {label}` marks this row as unpaired (KTO-style) preference data, one "
-            f"completion judged {'desirable' if label == 'true' else 'undesirable'}; it is not trained as "
-            f"plain chat. {_UNPAIRED_FIX}"
+            f"`{UNPAIRED_LABEL_FIELD}: {str(desirable).lower()}` marks this row as unpaired (KTO-style) "
+            f"preference data, one completion judged {'desirable' if desirable else 'undesirable'}; it is not "
+            f"trained as plain chat. {_UNPAIRED_FIX}"
         )
         return Normalized(kind, None, [Problem("unpaired_preference", UNPAIRED_LABEL_FIELD, message)])
     if schema == "openai" and type(obj) is dict:
@@ -363,7 +363,7 @@ def _content_text(value: Any, field: str, problems: list[Problem]) -> str | None
     return None
 
 
-_MessageReader = Callable[[Any, str, list[Problem]], "dict[str, Any] | None"]
+_MessageReader = Callable[[Any, str, list[Problem]], dict[str, Any] | None]
 
 
 def _message_list(
