@@ -4,7 +4,6 @@ lengths for a histogram, and rows per source."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from fineplat.ingestion.tokens import tokenize_with_mask
+from fineplat.packing.tokenize import tokenize_rows
 
 HISTOGRAM_BINS = 30
 
@@ -26,12 +25,11 @@ def dataset_statistics(kept: pl.DataFrame, tokenizer: Any, *, max_rows: int | No
         rows = kept.gather_every(-(-kept.height // max_rows))
     lengths: list[int] = []
     sampled_loss = 0
-    for kind, record in zip(
-        rows.get_column("kind").to_list(), rows.get_column("record").to_list(), strict=True
+    for tokenized in tokenize_rows(
+        rows.get_column("kind").to_list(), rows.get_column("record").to_list(), tokenizer
     ):
-        tokenized = tokenize_with_mask(tokenizer, kind, json.loads(record))
         lengths.append(len(tokenized.input_ids))
-        sampled_loss += sum(tokenized.loss_mask)
+        sampled_loss += tokenized.loss_tokens
     scale = kept.height / rows.height if rows.height else 1.0
     total = round(sum(lengths) * scale)
     loss_tokens = round(sampled_loss * scale)

@@ -42,12 +42,12 @@ from fineplat.ingestion.schemas import (
     record_text,
     schema_votes,
 )
-from fineplat.ingestion.tokens import (
+from fineplat.packing.tokenize import (
+    IGNORE_INDEX,
     context_limit,
-    plain_messages,
-    render,
-    rendered_lengths,
-    tokenize_with_mask,
+    render_chat,
+    token_lengths,
+    tokenize_record,
 )
 
 STAGE = "validate"
@@ -362,12 +362,12 @@ def _check_tokens(
     """Render every candidate with the base model's chat template and enforce the context limit."""
     records = [record for _, record in candidates]
     try:
-        lengths = rendered_lengths(tokenizer, kind, records)
+        lengths = token_lengths(kind, records, tokenizer)
     except Exception:  # one bad row must not hide the others: fall back to per-row rendering
         lengths = []
         for record in records:
             try:
-                lengths.append(rendered_lengths(tokenizer, kind, [record])[0])
+                lengths.append(token_lengths(kind, [record], tokenizer)[0])
             except Exception:
                 lengths.append(-1)
     kept: list[tuple[int, dict[str, Any]]] = []
@@ -438,12 +438,12 @@ def _truncate(
     oldest prompt turns (keeping a system turn and the last user turn); text cuts tokens."""
     if kind == "text":
         ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
-        specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        specials = token_lengths("text", [{"text": ""}], tokenizer)[0]
         text = tokenizer.decode(ids[: max(limit - specials, 0)])
         if not text.strip():
             return None
         new_record = {"text": text}
-        return new_record, rendered_lengths(tokenizer, "text", [new_record])[0]
+        return new_record, token_lengths("text", [new_record], tokenizer)[0]
     if kind == "chat":
         messages = record["messages"]
         for end in range(len(messages) - 1, 0, -1):
@@ -453,7 +453,7 @@ def _truncate(
             if not any(m["role"] == "assistant" and m.get("weight", 1) != 0 for m in head):
                 continue
             new_record = {"messages": head}
-            length = rendered_lengths(tokenizer, "chat", [new_record])[0]
+            length = token_lengths("chat", [new_record], tokenizer)[0]
             if length <= limit:
                 return new_record, length
         return None
@@ -464,7 +464,7 @@ def _truncate(
         if body[start]["role"] != "user":
             continue
         new_record = {**record, "prompt": system + body[start:]}
-        length = rendered_lengths(tokenizer, "preference", [new_record])[0]
+        length = token_lengths("preference", [new_record], tokenizer)[0]
         if length <= limit:
             return new_record, length
     return None
@@ -481,8 +481,8 @@ def _render_samples(
     the check that catches a template that drops the system prompt or masks the wrong tokens."""
     out = []
     for index, record in samples:
-        tokenized = tokenize_with_mask(tokenizer, kind, record)
-        loss_ids = [token for token, m in zip(tokenized.input_ids, tokenized.loss_mask, strict=True) if m]
+        tokenized = tokenize_record(kind, record, tokenizer)
+        loss_ids = [label for label in tokenized.labels if label != IGNORE_INDEX]
         entry: dict[str, Any] = {
             "source": sources[index],
             "line": lines[index],
@@ -492,6 +492,6 @@ def _render_samples(
             "loss_text": tokenizer.decode(loss_ids),
         }
         if kind == "chat":
-            entry["template_text"] = render(tokenizer, plain_messages(record["messages"]))
+            entry["template_text"] = render_chat(record["messages"], tokenizer)
         out.append(entry)
     return out

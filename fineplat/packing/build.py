@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from fineplat.packing.pack import pack_examples, packing_efficiency
-from fineplat.packing.tokenize import TokenizedExample, tokenize_record
+from fineplat.packing.tokenize import TokenizedExample, tokenize_rows
 
 HOLDOUT_FRACTION = 0.1  # share of rows held out for validation loss and the task-holdout eval
 MAX_HOLDOUT_ROWS = 100  # cap: evaluation generates token by token, keep it bounded
@@ -55,15 +55,11 @@ def split_rows(
 
 
 def _tokenize_all(rows: pl.DataFrame, tokenizer: Any, max_seq_len: int) -> tuple[list[TokenizedExample], int]:
-    examples, truncated = [], 0
-    for kind, record in zip(rows["kind"].to_list(), rows["record"].to_list(), strict=True):
-        full = tokenize_record(kind, record, tokenizer, 1 << 30)
-        # A preference pair is truncated when either side is (the rejected one is often the longer).
-        lengths = [len(full.input_ids), *(len(v) for k, v in full.pair.items() if k.endswith("input_ids"))]
-        if max(lengths) > max_seq_len:
-            truncated += 1
-        examples.append(tokenize_record(kind, record, tokenizer, max_seq_len))
-    return examples, truncated
+    """Every row's example cut to `max_seq_len`, and how many were cut (a preference pair counts
+    when either side is: the rejected one is often the longer)."""
+    full = tokenize_rows(rows["kind"].to_list(), rows["record"].to_list(), tokenizer)
+    truncated = sum(1 for example in full if example.length > max_seq_len)
+    return [example.clipped(max_seq_len) for example in full], truncated
 
 
 def build_training_data(

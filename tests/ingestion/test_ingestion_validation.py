@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fineplat.ingestion import StageResult, read_raw, validate_rows
+from fineplat.packing.tokenize import IGNORE_INDEX, tokenize_record
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
 
@@ -299,7 +300,7 @@ def test_truncate_cuts_plain_text_at_the_limit(write_lines: Callable[..., Path],
         read_raw(path), purpose="cpt", tokenizer=tokenizer, max_tokens=50, overlength="truncate"
     )
     record = json.loads(result.kept["record"][0])
-    tokens = len(tokenizer(record["text"], add_special_tokens=True)["input_ids"])
+    tokens = len(tokenize_record("text", record, tokenizer).input_ids)
     assert 40 < tokens <= 50
     assert original.startswith(record["text"])
     assert result.report["tokens"]["truncated_rows"][0]["tokens_after"] == tokens
@@ -366,8 +367,6 @@ def test_template_error_is_a_row_problem_not_a_crash(
 
 
 def test_loss_mask_without_generation_tags_matches_the_tagged_template(tokenizer: Any) -> None:
-    from fineplat.ingestion.tokens import tokenize_with_mask
-
     untagged = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     untagged.chat_template = (
         "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' "
@@ -383,15 +382,12 @@ def test_loss_mask_without_generation_tags_matches_the_tagged_template(tokenizer
         ]
     }
     tagged, plain = (
-        tokenize_with_mask(tokenizer, "chat", record),
-        tokenize_with_mask(untagged, "chat", record),
+        tokenize_record("chat", record, tokenizer),
+        tokenize_record("chat", record, untagged),
     )
     assert plain.input_ids == tagged.input_ids
-    assert plain.loss_mask == tagged.loss_mask
-    assert (
-        tokenizer.decode([t for t, m in zip(plain.input_ids, plain.loss_mask, strict=True) if m])
-        == "second<|eot_id|>"
-    )
+    assert plain.labels == tagged.labels
+    assert tokenizer.decode([t for t in plain.labels if t != IGNORE_INDEX]) == "second<|eot_id|>"
 
 
 def test_truncate_drops_the_oldest_prompt_turns_of_a_preference_pair(

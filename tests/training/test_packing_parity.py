@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from fineplat.basemodel import BaseModelInfo, load_base_model, load_tokenizer
 from fineplat.demo.dataset import task_row
-from fineplat.packing import pack_examples, packing_efficiency, tokenize_record
-from fineplat.packing.tokenize import IGNORE_INDEX
+from fineplat.packing.pack import pack_examples, packing_efficiency
+from fineplat.packing.tokenize import IGNORE_INDEX, tokenize_record
 from fineplat.training.attention import PACKED_SDPA, _Plan
 from fineplat.training.config import TrainConfig
 from fineplat.training.trainer import _flat_packed_forward, lm_loss_sum, prepare_model
