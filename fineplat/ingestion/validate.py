@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from fineplat.errors import DatasetError
+from fineplat.errors import BaseModelError, DatasetError
 from fineplat.hashing import canonical_json
 from fineplat.ingestion.result import (
     KEPT_SCHEMA,
@@ -368,6 +368,8 @@ def _check_tokens(
         for record in records:
             try:
                 lengths.append(token_lengths(kind, [record], tokenizer)[0])
+            except BaseModelError:
+                raise  # the template itself cannot mask replies: one clear error, not a row per row
             except Exception:
                 lengths.append(-1)
     kept: list[tuple[int, dict[str, Any]]] = []

@@ -55,6 +55,15 @@ COLON_TEMPLATE = (
     "{% else %}{{ m['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
 )
+# A template that shows earlier replies differently once later turns follow (as reasoning templates
+# that strip past thoughts do): without generation tags no reply's tokens can be located.
+REWRITING_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] + ':\\n' }}{% if m['role'] == 'assistant' and not loop.last %}"
+    "{{ '(earlier reply)' }}{% else %}{{ m['content'] }}{% endif %}{{ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}"
+)
+
+
 CONVERSATION = {
     "messages": [
         {"role": "system", "content": "Be brief."},
@@ -196,18 +205,23 @@ def test_tags_that_mark_only_some_replies_fall_back_to_every_reply(tokenizer: An
 
 
 def test_a_template_that_rewrites_earlier_turns_needs_generation_tags(tokenizer: Any) -> None:
-    rewriting = _copy(
-        tokenizer,
-        "{% for m in messages %}{{ m['role'] + ':\\n' }}{% if m['role'] == 'assistant' and not loop.last %}"
-        "{{ '(earlier reply)' }}{% else %}{{ m['content'] }}{% endif %}{{ '<|eot_id|>' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}",
-    )
+    rewriting = _copy(tokenizer, REWRITING_TEMPLATE)
     with pytest.raises(BaseModelError) as caught:
         tokenize_record("chat", CONVERSATION, rewriting)
     assert (
         "has no {% generation %} tags and renders assistant message 2 differently once later turns follow"
         in str(caught.value)
     )
+
+
+def test_validation_stops_once_on_a_template_that_cannot_mask_replies(
+    tokenizer: Any, write_lines: Callable[..., Path]
+) -> None:
+    """A template problem is the base model's, not the rows': validation raises it once instead of
+    quarantining every multi-turn row as a template error."""
+    rewriting = _copy(tokenizer, REWRITING_TEMPLATE)
+    with pytest.raises(BaseModelError, match="has no \\{% generation %\\} tags"):
+        validate_rows(read_raw(write_lines([CONVERSATION])), purpose="sft", tokenizer=rewriting)
 
 
 def test_preference_loss_is_on_the_continuation_only(tokenizer: Any) -> None:
