@@ -30,3 +30,8 @@ class RegistryError(FineplatError):
 
 class ServingError(FineplatError):
     """The serving pool rejected an operation (unknown adapter, duplicate name)."""
+
+
+class EvaluationError(FineplatError):
+    """An evaluation cannot run or cannot be trusted (empty eval set, judge or guard endpoint
+    unreachable or answering in an unusable format)."""
