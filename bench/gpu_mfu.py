@@ -1,23 +1,32 @@
 """Tokens/s and model FLOPs utilization (MFU) of fineplat's training step on a GPU, for full
-fine-tuning (SFT) and LoRA of a ~1B-parameter Llama with random weights in bfloat16.
+fine-tuning (SFT) and LoRA of a ~1B-parameter Llama with random weights, in the dtype and attention
+a fine-tune gets by default on that GPU.
 
     python bench/gpu_mfu.py                       # on a GPU node: SFT and LoRA, 1B Llama, seq 2048
     python bench/gpu_mfu.py --method sft --batch-size 8 --steps 20
+    python bench/gpu_mfu.py --attn sdpa           # the fallback without flash-attn, on the same GPU
     python bench/gpu_mfu.py --dry-run             # anywhere: a tiny config on CPU, same code path
 
 The step is fineplat's, not a re-implementation: examples are packed by
 `fineplat.packing.pack.pack_examples` into 2048-token windows (restarting position ids, no attention
 mask), batched by `fineplat.training.data.TrainingData.train_batch`, moved with
-`fineplat.training.trainer.to_device`, and trained exactly as one iteration of `train()`'s loop
-(`lm_loss_sum` forward and summed cross-entropy, backward of the token mean, the loss `float()`,
-`clip_grad_norm_`, AdamW, zero_grad). The LoRA model is `get_peft_model` with fineplat's
-`lora_config` (r=16, alpha=32, all seven linear projections). Only model loading differs: the
-random-weight model is created directly on the GPU in bf16 instead of read from disk.
+`fineplat.training.trainer.to_device`, and trained exactly as one iteration of `train()`'s loop on
+one process (`lm_loss_sum` forward and summed cross-entropy, the strategy's backward of the token
+mean, the loss `float()`, the strategy's step: clip, AdamW, LR schedule, zero_grad). The LoRA model
+is `get_peft_model` with fineplat's `lora_config` (r=16, alpha=32, all seven linear projections).
+Only model loading differs: the random-weight model is created directly on the device instead of
+read from disk.
+
+Dtype and attention (--dtype/--attn auto, the default): what `TrainConfig` leaves at "auto" resolves
+to on this device (`fineplat.training.device_defaults.resolve_device_choice`). On a CUDA GPU: bf16
+(LoRA: the frozen base in bf16; SFT: float32 master weights under bf16 autocast), and
+flash-attention's varlen kernel over the packed examples (windows flattened into one row, example
+boundaries as cumulative lengths) when flash-attn is installed, else sdpa, which the trainer turns
+into per-example sdpa for packed windows (`use_packed_sdpa`). On a CPU (--dry-run): float32, sdpa.
 
 Model (default): Llama, hidden 2048, 16 layers, 32 heads, 8 KV heads, intermediate 8192, vocab
-32000, untied embeddings (~1.1B parameters). Attention: flash_attention_2 if the flash_attn package
-is installed (varlen over the packed examples), else sdpa. Example lengths: log-normal, median
---median-tokens (400), clipped to [32, seq_len].
+32000, untied embeddings (~1.1B parameters). Example lengths: log-normal, median --median-tokens
+(400), clipped to [32, seq_len].
 
 FLOPs per token, counted as torchtitan does (`get_nparams_and_flops`): 6N + 12·L·d·T with
   N = parameters excluding the input embedding table (the output projection counts: it is a matmul),
@@ -31,16 +40,16 @@ attention is unchanged. LoRA FLOPs per token = 4N + 6·N_lora + 12·L·d·T. Tok
 (non-padding) tokens, so padding never counts as useful work.
 
 MFU = tokens/s x FLOPs per token / peak dense bf16 FLOP/s of the GPU, peak from PEAK_BF16_TFLOPS by
-device name (--peak-tflops overrides). On a CPU (--dry-run) there is no datasheet number: the peak is
-the measured throughput of a large matmul in the same dtype, labelled as such.
+device name (--peak-tflops overrides; needed for a float32 run on a GPU). On a CPU (--dry-run) there
+is no datasheet number: the peak is the measured throughput of a large matmul in the run's dtype,
+labelled as such.
 
-Target (the seed, issue #3 item 8): > 60% MFU for standard SFT.
+Target: > 60% MFU for standard SFT (TARGET_SFT_MFU).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import random
 import statistics
@@ -52,11 +61,15 @@ from typing import Any
 import polars as pl
 import torch
 
+from fineplat.errors import ConfigError
 from fineplat.packing.pack import pack_examples, packing_efficiency
 from fineplat.packing.tokenize import TokenizedExample
+from fineplat.training.attention import transformers_model, use_packed_sdpa
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData
-from fineplat.training.trainer import lm_loss_sum, lora_config, to_device
+from fineplat.training.device_defaults import DeviceChoice, resolve_device_choice, weights_dtype
+from fineplat.training.strategy import make_strategy
+from fineplat.training.trainer import lm_loss_sum, lora_config, optimizer_and_schedule, to_device
 
 # Dense (non-sparse) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s. Matched by substring
 # of torch.cuda.get_device_name(), most specific first.
@@ -73,7 +86,7 @@ PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("A10G", 70.0),  # AWS A10G (g5), dense
     ("A10", 125.0),  # A10 datasheet, dense
 ]
-TARGET_SFT_MFU = 0.60  # the seed's target for standard SFT
+TARGET_SFT_MFU = 0.60  # fineplat's throughput target for standard SFT on a GPU
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,8 @@ def peak_bf16_flops(
         return override_tflops * 1e12, "--peak-tflops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
+        if dtype != torch.bfloat16:
+            raise SystemExit(f"the datasheet peaks are bf16; pass --peak-tflops with {name}'s {dtype} peak")
         for key, tflops in PEAK_BF16_TFLOPS:
             if key in name:
                 return tflops * 1e12, f"datasheet dense bf16 for {name}"
@@ -208,12 +223,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def bench_config(method: str, shape: ModelShape, dtype: str, attn: str) -> TrainConfig:
+    """The fine-tune config measured: defaults, with dtype and attention as given ("auto": the
+    device's defaults)."""
+    return TrainConfig.model_validate(
+        {"method": method, "max_seq_len": shape.seq_len, "dtype": dtype, "attn_implementation": attn}
+    )
+
+
 def measure(
-    method: str,
+    config: TrainConfig,
     shape: ModelShape,
     device: torch.device,
-    dtype: torch.dtype,
-    attn: str,
+    choice: DeviceChoice,
     data: TrainingData,
     batch_size: int,
     warmup: int,
@@ -221,21 +243,30 @@ def measure(
     peak: float,
     compile_model: bool,
 ) -> Measurement:
-    """Train `warmup + steps` steps as fineplat's loop does; time the last `steps`."""
-    config = TrainConfig.model_validate({"method": method, "max_seq_len": shape.seq_len, "dtype": "bfloat16"})
+    """Train `warmup + steps` steps as fineplat's loop does on one process; time the last `steps`."""
+    method = config.method
     torch.manual_seed(0)
-    model = build_model(shape, device, dtype, attn)
+    weights = getattr(torch, weights_dtype(config, choice))  # SFT in bf16: float32 master weights
+    model = build_model(shape, device, weights, choice.attn_implementation)
     if method == "lora":
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(config))
     else:
         model.requires_grad_(True)
+    use_packed_sdpa(model, shape.seq_len)  # as `prepare_model` does for packed data (sdpa only)
     model.train()
     per_token, base, adapter = flops_per_token(model, shape, method)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    train_model = torch.compile(model) if compile_model else model
+    strategy = make_strategy(
+        config,
+        model,
+        lambda parameters: optimizer_and_schedule(parameters, config, warmup + steps),
+        rank=0,
+        world=1,
+        micro_batch=batch_size,
+        choice=choice,
+    )
+    train_model = torch.compile(strategy.module) if compile_model else strategy.module
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     order = list(range(data.rows))
@@ -249,12 +280,11 @@ def measure(
         batch = to_device(data.train_batch(rows), device)
         synchronize(device)
         data_seconds = time.perf_counter() - started
-        loss_sum, _ = lm_loss_sum(train_model, batch)
-        (loss_sum / max(1, batch["loss_tokens"])).backward()
+        with strategy.autocast():  # bf16 autocast for a full fine-tune in bf16, as the trainer runs it
+            loss_sum, _ = lm_loss_sum(train_model, batch)
+        strategy.backward(loss_sum / max(1, batch["loss_tokens"]))
         loss_value = float(loss_sum.detach())  # the trainer's per-step sync
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = strategy.step()
         synchronize(device)
         if step >= warmup:
             durations.append(time.perf_counter() - started)
@@ -266,12 +296,13 @@ def measure(
     tokens_per_second = real_tokens / seconds
     achieved = tokens_per_second * per_token
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    attention = transformers_model(model).config._attn_implementation
     print(
         f"  {method}: N={base / 1e6:,.1f}M (non-embedding), N_lora={adapter / 1e6:,.2f}M, "
-        f"{per_token:.4g} FLOP/token, step {statistics.median(durations) * 1000:.1f} ms",
+        f"{per_token:.4g} FLOP/token, attention {attention}, step {statistics.median(durations) * 1000:.1f} ms",
         flush=True,
     )
-    del model, train_model, optimizer, trainable
+    del model, train_model, strategy
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Measurement(
@@ -298,7 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (10; dry run 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (3; dry run 1)")
     parser.add_argument("--median-tokens", type=int, default=None, help="median example length (400)")
-    parser.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa"], default="auto")
+    parser.add_argument(
+        "--attn",
+        choices=["auto", "flash_attention_2", "sdpa", "eager"],
+        default="auto",
+        help="attention (auto: the device's default, as a fine-tune gets it)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float32"],
+        default="auto",
+        help="weights' dtype (auto: the device's default: bfloat16 on GPUs, float32 on CPU)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the peak bf16 TFLOP/s")
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (not the default path)"
@@ -312,20 +354,23 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("no CUDA device: run on a GPU node, or pass --dry-run for the CPU check")
         shape, device = BILLION_SHAPE, torch.device("cuda", 0)
-    dtype = torch.bfloat16
     batch_size = args.batch_size or (2 if dry else 8)
     steps = args.steps or (2 if dry else 10)
     warmup = args.warmup if args.warmup is not None else (1 if dry else 3)
     median_tokens = args.median_tokens or (48 if dry else 400)
-    attn = args.attn
-    if attn == "auto":
-        has_flash = importlib.util.find_spec("flash_attn") is not None
-        attn = "flash_attention_2" if device.type == "cuda" and has_flash else "sdpa"
+    methods = ["sft", "lora"] if args.method == "both" else [args.method]
+    configs = [bench_config(m, shape, args.dtype, args.attn) for m in methods]
+    try:
+        choice = resolve_device_choice(configs[0], device)  # the same for every method on one device
+    except ConfigError as exc:
+        raise SystemExit(f"--attn/--dtype: {exc}") from exc
+    dtype = getattr(torch, choice.dtype)
     peak, peak_source = peak_bf16_flops(device, dtype, args.peak_tflops)
     data = packed_data(shape, median_tokens, batch_size * (warmup + steps), seed=0)
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; peak "
-        f"{peak / 1e12:,.1f} TFLOP/s ({peak_source}); attention {attn}; dtype {dtype}; torch {torch.__version__}"
+        f"{peak / 1e12:,.1f} TFLOP/s ({peak_source}); attention {choice.attn_implementation} "
+        f"(--attn {args.attn}); dtype {choice.dtype} (--dtype {args.dtype}); torch {torch.__version__}"
     )
     print(
         f"model: Llama hidden {shape.hidden_size}, {shape.num_hidden_layers} layers, "
@@ -334,10 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         f"step, {data.rows} windows, packing efficiency {data.packing_efficiency:.3f}",
         flush=True,
     )
-    methods = ["sft", "lora"] if args.method == "both" else [args.method]
     results = [
-        measure(m, shape, device, dtype, attn, data, batch_size, warmup, steps, peak, args.compile)
-        for m in methods
+        measure(config, shape, device, choice, data, batch_size, warmup, steps, peak, args.compile)
+        for config in configs
     ]
     print()
     for r in results:

@@ -64,7 +64,15 @@ def main() -> int:
     except FineplatError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return FAILED_EXIT_CODE
-    emit({"done": True, "steps": result.steps, "final_loss": result.final_loss})
+    emit(
+        {
+            "done": True,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "dtype": result.dtype,
+            "attn_implementation": result.attn_implementation,
+        }
+    )
     return 0
 
 

@@ -6,7 +6,7 @@ dataset version, identifies a run: an identical second submission reuses the fir
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,9 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # `learning_rate_multiplier` as in OpenAI's fine-tuning API.
 DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "sft": 2e-5, "cpt": 2e-5, "dpo": 5e-6}
 ADAPTER_METHODS = frozenset({"lora", "qlora", "dpo"})
+# `dtype` and `attn_implementation` left at AUTO take the training device's defaults, chosen by
+# `fineplat.training.device_defaults.resolve_device_choice` and recorded in the run's result.
+AUTO: Final = "auto"
 
 
 class TrainConfig(BaseModel):
@@ -47,8 +50,9 @@ class TrainConfig(BaseModel):
     checkpoint_interval: int = Field(500, ge=1)  # steps between periodic checkpoints
     keep_checkpoints: int = Field(3, ge=1)  # last K kept
     gradient_checkpointing: bool = False  # trade compute for memory; off where memory allows
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # auto: flash-attention's varlen kernel on CUDA in bf16 when flash-attn is installed, else sdpa
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = AUTO
+    dtype: Literal["auto", "float32", "bfloat16"] = AUTO  # auto: bfloat16 on (bf16) CUDA, else float32
     dpo_beta: float = Field(0.1, gt=0)  # DPO temperature (Rafailov et al. 2023)
     distributed: Literal["ddp", "fsdp", "deepspeed_zero1", "deepspeed_zero2"] = "ddp"
 

@@ -153,6 +153,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum of `values` across ranks (float64: token counts stay exact)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -18,32 +18,34 @@ import torch
 from fineplat.errors import BaseModelError, ConfigError
 from fineplat.training import distributed
 from fineplat.training.config import TrainConfig
+from fineplat.training.device_defaults import default_dtype, resolve_device_choice
 
 # NF4 with double quantization is the QLoRA paper's recipe (4-bit NormalFloat is information-
 # theoretically optimal for normally distributed weights; double quantization saves ~0.37 bit/param).
 QUANT_TYPE = "nf4"
 DOUBLE_QUANT = True
-# Compute dtype of the dequantized matmuls: bf16 on GPUs (the paper's setting); fp32 on CPU, the
-# development and test path, where gradients are checked against an fp32 reference.
-GPU_COMPUTE_DTYPE = torch.bfloat16
-CPU_COMPUTE_DTYPE = torch.float32
 
 
-def quantization_config(device: torch.device) -> Any:
-    """The transformers `BitsAndBytesConfig` of a QLoRA base model on `device`."""
+def quantization_config(device: torch.device, dtype: str | None = None) -> Any:
+    """The transformers `BitsAndBytesConfig` of a QLoRA base model on `device`. The compute dtype of
+    the dequantized matmuls is `dtype`, by default the device's training dtype: bf16 on GPUs (the
+    paper's setting), fp32 on CPU, where gradients are checked against an fp32 reference."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=QUANT_TYPE,
-        bnb_4bit_compute_dtype=GPU_COMPUTE_DTYPE if device.type == "cuda" else CPU_COMPUTE_DTYPE,
+        bnb_4bit_compute_dtype=getattr(torch, dtype or default_dtype(device)),
         bnb_4bit_use_double_quant=DOUBLE_QUANT,
     )
 
 
-def load_nf4_model(base_model_dir: Path, *, attn_implementation: str = "sdpa") -> Any:
+def load_nf4_model(
+    base_model_dir: Path, *, attn_implementation: str = "sdpa", dtype: str | None = None
+) -> Any:
     """The base model with every linear layer of its blocks in NF4 (embeddings, norms and the head
-    stay in higher precision, as in the QLoRA paper), on this process's device, in eval mode."""
+    stay in higher precision, as in the QLoRA paper), on this process's device, in eval mode;
+    `dtype`: the compute dtype (default: the device's, see `quantization_config`)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
@@ -53,7 +55,7 @@ def load_nf4_model(base_model_dir: Path, *, attn_implementation: str = "sdpa") -
     from transformers import AutoModelForCausalLM
 
     device = distributed.training_device()
-    quant = quantization_config(device)
+    quant = quantization_config(device, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base_model_dir),
@@ -84,12 +86,13 @@ def keep_4bit_layers_trainable(model: Any) -> int:
 def load_qlora_model(config: TrainConfig, base_model_dir: Path) -> Any:
     """A freshly loaded NF4 base with LoRA adapters on `config.lora_target_modules`, ready to train:
     base weights frozen, norms and embeddings in fp32 (peft's `prepare_model_for_kbit_training`),
-    gradient checkpointing as configured."""
+    gradient checkpointing as configured; dtype and attention as `resolve_device_choice` says."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from fineplat.training.trainer import lora_config
 
-    model = load_nf4_model(base_model_dir, attn_implementation=config.attn_implementation)
+    choice = resolve_device_choice(config, distributed.training_device())
+    model = load_nf4_model(base_model_dir, attn_implementation=choice.attn_implementation, dtype=choice.dtype)
     keep_4bit_layers_trainable(model)
     model = prepare_model_for_kbit_training(
         model,

@@ -2,7 +2,10 @@
 
 One loop serves every method: `lora`, `qlora` and `dpo` train a peft LoRA adapter, `sft` and `cpt`
 train all weights. The data order is a pure function of (seed, epoch), so the data position
-(epoch, index) plus weights, optimizer, scheduler and RNG states resume a run bit-exactly.
+(epoch, index) plus weights, optimizer, scheduler and RNG states resume a run bit-exactly. How the
+step runs across processes (one, DDP, FSDP, DeepSpeed ZeRO) is one strategy object
+(`fineplat.training.strategy`); the dtype and attention are the config's, or the training device's
+defaults (`fineplat.training.device_defaults`).
 
     python -m k8s_ops.train_entry   # under Dagster Pipes; or torchrun --nproc_per_node=N -m k8s_ops.train_entry
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ from fineplat.basemodel import load_base_model, load_tokenizer
 from fineplat.errors import TrainingError
 from fineplat.packing.tokenize import IGNORE_INDEX
 from fineplat.training import checkpoint as ckpt
-from fineplat.training import distributed, zero
+from fineplat.training import distributed
 from fineplat.training.attention import (
     PACKED_SDPA,
     prefers_per_example,
@@ -37,9 +39,11 @@ from fineplat.training.attention import (
 )
 from fineplat.training.config import TrainConfig
 from fineplat.training.data import TrainingData, load_training_data
+from fineplat.training.device_defaults import resolve_device_choice, weights_dtype
 from fineplat.training.dpo import check_data_fits_method, check_first_step_loss
 from fineplat.training.gpu_metrics import gpu_metrics
 from fineplat.training.preemption import Preempted, PreemptionFlag
+from fineplat.training.strategy import make_strategy
 
 # Token budget of one forward/backward pass on a CPU (see `forward_rows`).
 CPU_MICRO_TOKENS = 2048
@@ -77,6 +81,8 @@ class TrainResult:
     validation_loss: float | None
     resumed_from_step: int
     metrics: dict[str, float] = field(default_factory=dict)
+    dtype: str = "float32"  # the compute dtype the run trained in (the config's, or the device default)
+    attn_implementation: str = "sdpa"  # the attention the model trained with (e.g. fineplat_packed_sdpa)
 
 
 def seed_everything(seed: int) -> None:
@@ -127,7 +133,9 @@ def lora_config(config: TrainConfig) -> Any:
 
 
 def prepare_model(config: TrainConfig, base_model_dir: Path, *, packed: bool = False) -> Any:
-    """Load the base model onto this process's device and make the right parameters trainable.
+    """Load the base model onto this process's device, in the config's dtype and attention or the
+    device's defaults (`resolve_device_choice`; full fine-tunes keep float32 weights, see
+    `weights_dtype`), and make the right parameters trainable.
     `packed`: the training data is packed windows, so sdpa becomes per-example sdpa
     (`fineplat.training.attention`, same math without the dense block-diagonal mask)."""
     if config.method == "qlora":
@@ -137,9 +145,11 @@ def prepare_model(config: TrainConfig, base_model_dir: Path, *, packed: bool = F
         if packed:
             use_packed_sdpa(model, config.max_seq_len)
         return model
+    device = distributed.training_device()
+    choice = resolve_device_choice(config, device)
     model = load_base_model(
-        base_model_dir, dtype=config.dtype, attn_implementation=config.attn_implementation
-    ).to(distributed.training_device())
+        base_model_dir, dtype=weights_dtype(config, choice), attn_implementation=choice.attn_implementation
+    ).to(device)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.uses_adapter:
@@ -167,21 +177,41 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, **
 # Attention implementations that keep the examples of one long row apart by `position_ids` alone,
 # without a [T, T] mask: for them a batch of packed windows can run as a single row.
 _VARLEN_ATTENTION = frozenset({PACKED_SDPA, "flash_attention_2", "flash_attention_3"})
+# Those of them that are flash-attention's varlen kernels. They keep examples apart only within a
+# single row (transformers' `_is_packed_sequence` requires batch size 1; a batch of windows would
+# attend across the examples of each window), so packed windows always run flattened, and they
+# take the example boundaries as cumulative lengths (`example_boundaries`), computed once per
+# forward instead of from the position ids in every layer.
+_FLASH_VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
 
 
 def _flat_packed_forward(model: Any, batch: dict[str, torch.Tensor]) -> bool:
-    """Whether `lm_loss_sum` may run this batch as one row and compute logits at label positions
-    only: packed windows (position ids, no mask), a varlen attention, and a causal LM head that
-    takes `logits_to_keep` (Llama, Mistral, Qwen, Gemma, … do)."""
+    """Whether `lm_loss_sum` runs this batch as one row: packed windows (position ids, no mask) under
+    a varlen attention. Per-example sdpa runs windows of long examples as they are (masked attention
+    over the windows is cheaper there); flash attention always runs flat."""
     if "position_ids" not in batch or "attention_mask" in batch:
         return False
-    inner = transformers_model(model)
-    implementation = getattr(inner.config, "_attn_implementation", None)
+    implementation = getattr(transformers_model(model).config, "_attn_implementation", None)
     if implementation not in _VARLEN_ATTENTION:
         return False
-    if implementation == PACKED_SDPA and not prefers_per_example(batch["position_ids"]):
-        return False  # windows of long examples: masked attention over the windows is cheaper
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return implementation != PACKED_SDPA or prefers_per_example(batch["position_ids"])
+
+
+def example_boundaries(position_ids: torch.Tensor) -> dict[str, Any]:
+    """flash-attention's varlen arguments (transformers' `FlashAttentionKwargs`) for packed windows
+    flattened into one row: the cumulative lengths of the examples, each starting where the position
+    ids restart at 0 (as every window does), and the longest example."""
+    starts = position_ids.reshape(-1) == 0
+    starts[0] = True
+    total = torch.tensor([starts.numel()], device=starts.device)
+    cumulative = torch.cat([starts.nonzero().flatten(), total]).to(torch.int32)
+    longest = int((cumulative[1:] - cumulative[:-1]).max())
+    return {
+        "cu_seq_lens_q": cumulative,
+        "cu_seq_lens_k": cumulative,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 def lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -190,23 +220,28 @@ def lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
     Packed windows under a varlen attention run as one row with logits at label positions only
     (prompt tokens need no vocabulary projection or softmax: for assistant-only loss masks that is
-    roughly half the LM head and cross-entropy work); the windows never attend to each other, since
-    every window starts a new example."""
+    roughly half the LM head and cross-entropy work; heads without `logits_to_keep` compute all
+    logits and keep those); the windows never attend to each other, since every window starts a
+    new example."""
     targets = batch["labels"][:, 1:]
     if _flat_packed_forward(model, batch):
         ids = batch["input_ids"]
         rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
         keep = rows * ids.size(1) + cols  # flat index of each position whose next token is a label
-        logits = model(
-            input_ids=ids.reshape(1, -1),
-            position_ids=batch["position_ids"].reshape(1, -1),
-            use_cache=False,
-            logits_to_keep=keep,
-        ).logits[0]
+        inner = transformers_model(model)
+        forward: dict[str, Any] = {"position_ids": batch["position_ids"].reshape(1, -1)}
+        if inner.config._attn_implementation in _FLASH_VARLEN_ATTENTION:
+            forward.update(example_boundaries(batch["position_ids"]))
+        selects = "logits_to_keep" in inspect.signature(inner.forward).parameters  # Llama, Qwen, … do
+        if selects:
+            forward["logits_to_keep"] = keep
+        logits = model(input_ids=ids.reshape(1, -1), use_cache=False, **forward).logits[0]
+        if not selects:
+            logits = logits[keep]
         loss = F.cross_entropy(logits.float(), targets[rows, cols], reduction="sum")
         return loss, int(keep.numel())
-    forward = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
-    logits = model(input_ids=batch["input_ids"], use_cache=False, **forward).logits[:, :-1].float()
+    window_forward = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+    logits = model(input_ids=batch["input_ids"], use_cache=False, **window_forward).logits[:, :-1].float()
     loss = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -324,6 +359,220 @@ def save_output(
     return out_dir
 
 
+def optimizer_and_schedule(
+    parameters: list[torch.nn.Parameter], config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trainable parameters and its LR schedule (built by the strategy, see
+    `fineplat.training.strategy.OptimizerFactory`)."""
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return optimizer, make_scheduler(optimizer, config, total_steps)
+
+
+def _check_finite(what: str, value: float, step: int) -> None:
+    """Fail the run on a NaN/inf loss or gradient norm: retrying the same config cannot fix it."""
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"step {step + 1}: {what} is {value}; lower learning_rate_multiplier, check the data for "
+            "empty or extreme rows, or use float32."
+        )
+
+
+class FineTune:
+    """One training attempt, laid out as a torchtune recipe: `__init__` sets up (process group,
+    data, model, strategy, resume), `train` is the loop, `save_checkpoint` writes the full state.
+    Everything that differs between one process, DDP, FSDP and ZeRO is in `self.strategy`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        base_model_dir: Path,
+        data_dir: Path,
+        checkpoint_dir: Path,
+        sink: MetricsSink,
+        on_checkpoint: Callable[[Path], None] | None,
+    ) -> None:
+        distributed.check_strategy(config.method, config.distributed)
+        self.rank, self.world = _dist()
+        self.device = distributed.training_device()
+        seed_everything(config.seed)
+        self.config, self.data_dir, self.checkpoint_dir = config, data_dir, checkpoint_dir
+        self.sink, self.on_checkpoint = sink, on_checkpoint
+        self.choice = resolve_device_choice(config, self.device)
+
+        self.tokenizer = load_tokenizer(base_model_dir)
+        self.data = load_training_data(data_dir, self.tokenizer.pad_token_id)
+        check_data_fits_method(config.method, self.data, data_dir)
+        model = prepare_model(config, base_model_dir, packed=self.data.packed)
+        self.attention = str(transformers_model(model).config._attn_implementation)  # as trained
+
+        self.batch_size = resolve_batch_size(config, math.ceil(self.data.rows / self.world))
+        self.global_batch = self.batch_size * self.world  # per process; rank r trains rows[r::world]
+        self.pass_rows = forward_rows(config, self.device, self.world, self.batch_size)
+        micro_per_epoch = math.ceil(self.data.rows / self.global_batch)
+        self.total_steps = config.max_steps or math.ceil(
+            config.n_epochs * micro_per_epoch / config.gradient_accumulation_steps
+        )
+        self.strategy = make_strategy(
+            config,
+            model,
+            lambda parameters: optimizer_and_schedule(parameters, config, self.total_steps),
+            rank=self.rank,
+            world=self.world,
+            micro_batch=self.batch_size,
+            choice=self.choice,
+        )
+        self.state = self._resume()
+        self.resumed_from = self.state.step
+
+    def _resume(self) -> ckpt.TrainerState:
+        """The state to start from: the latest complete checkpoint's (loaded into the strategy),
+        or step 0."""
+        config_hash = self.config.config_hash()
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        if latest is None:
+            return ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config_hash)
+        state = self.strategy.load(latest)
+        if state.config_hash != config_hash:
+            raise TrainingError(
+                f"{latest}: checkpoint belongs to another config ({state.config_hash[:12]}); use a new checkpoint dir"
+            )
+        state.preempted = False
+        return state
+
+    def _loss_step(self, batch: dict[str, Any]) -> torch.Tensor:
+        """This rank's summed loss of one batch under the run's method, weighted (0 for the filler
+        row of a rank left without rows)."""
+        with self.strategy.autocast():
+            if self.config.method == "dpo":
+                loss, _ = dpo_loss_sum(self.strategy.module, batch, self.config.dpo_beta)
+            else:
+                loss, _ = lm_loss_sum(self.strategy.module, batch)
+        return loss * batch["weight"]
+
+    def _forward_backward(self, micro: list[tuple[int, int, list[int]]]) -> tuple[float, int]:
+        """Forward and backward of one optimizer step's micro-batches; returns the step's loss (mean
+        per label token over all ranks) and its real-token count (all ranks)."""
+        batches = [
+            batch
+            for _, _, rows in micro
+            for batch in rank_batches(self.data, rows, self.rank, self.world, self.device, self.pass_rows)
+        ]
+        counts = [sum(b["loss_tokens"] for b in batches), sum(b["real_tokens"] for b in batches)]
+        label_tokens, step_tokens = (int(n) for n in distributed.sum_over_ranks(counts, self.device))
+        loss_sum = 0.0
+        for batch in batches:
+            try:
+                loss = self._loss_step(batch)
+                # DDP/FSDP/ZeRO average gradients over ranks; scale so the result is the global token mean.
+                self.strategy.backward(loss * self.world / max(1, label_tokens))
+            except torch.OutOfMemoryError as exc:  # retrying the same config would fail the same way
+                raise TrainingError(
+                    f"step {self.state.step + 1}: out of memory ({exc}); lower batch_size or max_seq_len, "
+                    "raise gradient_accumulation_steps, or set gradient_checkpointing=true"
+                ) from exc
+            loss_sum += float(loss.detach())
+        return distributed.sum_over_ranks([loss_sum], self.device)[0] / max(1, label_tokens), step_tokens
+
+    def _advance(self, last: tuple[int, int, list[int]], tokens: int) -> None:
+        """Count a finished step; the data position moves past its last micro-batch `last`."""
+        epoch, index, rows = last
+        state = self.state
+        state.step += 1
+        state.epoch, state.index = epoch, index + len(rows)
+        if state.index >= self.data.rows:
+            state.epoch, state.index = state.epoch + 1, 0
+        state.tokens_seen += tokens
+
+    def save_checkpoint(self, *, preempted: bool = False) -> Path | None:
+        """Collective: the strategy writes the checkpoint (rank 0 seals it), rank 0 reports and
+        mirrors it (`on_checkpoint`), and no rank moves on before that is done (under torchrun a
+        rank that exits first stops the others). Returns the path on rank 0, else None."""
+        self.state.preempted = preempted
+        if self.rank == 0:
+            self.sink.status("checkpointing", self.state.step)
+        path = self.strategy.save(self.checkpoint_dir, self.state, self.config.keep_checkpoints)
+        if path is not None:
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(path)
+            self.sink.status("preempted" if preempted else "running", self.state.step)
+        distributed.barrier()
+        return path
+
+    def validate(self) -> float | None:
+        """Holdout loss (None without a holdout, or for DPO), logged by rank 0."""
+        with self.strategy.autocast():
+            loss = validation_loss(self.strategy.model, self.data, self.config.method)
+        if loss is not None and self.rank == 0:
+            self.sink.log(self.state.step, {"validation_loss": loss})
+        return loss
+
+    def train(
+        self, output_dir: Path, preemption: PreemptionFlag, on_step: Callable[[int], None] | None
+    ) -> TrainResult:
+        """The loop: step until `total_steps`, checkpoint and validate every `checkpoint_interval`
+        steps, stop with an emergency checkpoint when any rank is asked to; then write the output."""
+        config, state, strategy = self.config, self.state, self.strategy
+        stream = _positions(self.data, config, self.global_batch, (state.epoch, state.index))
+        losses: list[float] = []
+        started, tokens_total = time.perf_counter(), 0
+        self.sink.status("running", state.step)
+        while state.step < self.total_steps:
+            step_started = time.perf_counter()
+            micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
+            learning_rate = strategy.learning_rate  # the rate this step trains with
+            loss, tokens = self._forward_backward(micro)
+            if config.method == "dpo" and state.step == 0:  # fresh run: the policy is still the reference
+                check_first_step_loss(loss, self.data_dir)
+            _check_finite("loss", loss, state.step)
+            grad_norm = strategy.step()
+            _check_finite("gradient norm", grad_norm, state.step)
+            self._advance(micro[-1], tokens)
+            losses.append(loss)
+            tokens_total += tokens
+            metrics = {
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "learning_rate": learning_rate,
+                "tokens_per_second": tokens / max(time.perf_counter() - step_started, 1e-9),
+                "epoch": state.epoch + state.index / self.data.rows,
+                **gpu_metrics(self.device),
+            }
+            if self.rank == 0:
+                self.sink.log(state.step, metrics)
+            if on_step is not None:
+                on_step(state.step)
+            if distributed.any_rank(preemption.requested, self.device) and state.step < self.total_steps:
+                raise Preempted(state.step, str(self.save_checkpoint(preempted=True)))
+            if state.step % config.checkpoint_interval == 0 and state.step < self.total_steps:
+                self.save_checkpoint()
+                self.validate()
+
+        self.save_checkpoint()
+        validation = self.validate()
+        full_state = strategy.full_state_dict()  # collective under FSDP, else None
+        if self.rank == 0:
+            save_output(strategy.model, self.tokenizer, config, output_dir, state_dict=full_state)
+        return TrainResult(
+            output_dir=output_dir,
+            steps=state.step,
+            losses=losses,
+            first_loss=losses[0] if losses else float("nan"),
+            final_loss=losses[-1] if losses else float("nan"),
+            tokens_per_second=tokens_total / max(time.perf_counter() - started, 1e-9),
+            packing_efficiency=self.data.packing_efficiency,
+            validation_loss=validation,
+            resumed_from_step=self.resumed_from,
+            metrics={
+                "world_size": float(self.world),
+                "batch_size": float(self.batch_size),
+                "total_steps": float(self.total_steps),
+            },
+            dtype=self.choice.dtype,
+            attn_implementation=self.attention,
+        )
+
+
 def train(
     config: TrainConfig,
     *,
@@ -341,219 +590,12 @@ def train(
     `on_checkpoint` runs on rank 0 after each checkpoint is written (the object-store mirror).
     Raises `Preempted` after an emergency checkpoint when `preemption` is requested, and
     `TrainingError` (with the step) on NaN/inf loss or gradients — a failure retrying cannot fix."""
-    sink = sink or NullSink()
-    preemption = preemption or PreemptionFlag()
-    distributed.check_strategy(config.method, config.distributed)
-    rank, world = _dist()
-    device = distributed.training_device()
-    seed_everything(config.seed)
-
-    # --- set up -------------------------------------------------------------------------------
-    tokenizer = load_tokenizer(base_model_dir)
-    data = load_training_data(data_dir, tokenizer.pad_token_id)
-    check_data_fits_method(config.method, data, data_dir)
-    model = prepare_model(config, base_model_dir, packed=data.packed)
-    # DDP wraps; FSDP shards the model in place, so it comes before the optimizer sees parameters.
-    train_model: Any = distributed.wrap_model(model, config.distributed, world)
-    sharded = distributed.is_sharded(model)
-    batch_size = resolve_batch_size(config, math.ceil(data.rows / world))
-    global_batch = batch_size * world  # batch_size is per process; rank r trains rows[r::world]
-    pass_rows = forward_rows(config, device, world, batch_size)
-    micro_per_epoch = math.ceil(data.rows / global_batch)
-    total_steps = config.max_steps or math.ceil(
-        config.n_epochs * micro_per_epoch / config.gradient_accumulation_steps
+    run = FineTune(
+        config,
+        base_model_dir=base_model_dir,
+        data_dir=data_dir,
+        checkpoint_dir=checkpoint_dir,
+        sink=sink or NullSink(),
+        on_checkpoint=on_checkpoint,
     )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config, total_steps)
-    engine: Any = None  # DeepSpeed ZeRO: the engine reduces, clips and steps optimizer + scheduler
-    if config.distributed.startswith("deepspeed") and world > 1:
-        stage = zero.zero_stage(config.distributed)
-        engine = zero.make_engine(
-            model,
-            optimizer,
-            scheduler,
-            zero.deepspeed_config(
-                stage=stage,
-                micro_batch=batch_size,
-                accumulation=config.gradient_accumulation_steps,
-                world=world,
-                max_grad_norm=config.max_grad_norm,
-                bf16=config.dtype == "bfloat16",
-            ),
-        )
-        train_model = engine
-        partitioned: Any = zero.PartitionedOptimizerState(stage, world)
-
-    state = ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config.config_hash())
-    latest = ckpt.latest_checkpoint(checkpoint_dir)
-    if latest is not None:
-        if sharded:  # every rank reads the full tensors, then keeps its shards
-            weights, optimizer_state = distributed.placeholders_for_checkpoint(model)
-            state = ckpt.load_checkpoint(
-                latest, model=weights, optimizer=optimizer_state, scheduler=scheduler
-            )
-            distributed.restore_sharded(model, optimizer, weights, optimizer_state)
-        elif engine is not None:  # weights into the engine's module, then each rank's partition
-            state = ckpt.load_checkpoint(latest, model=model, optimizer=partitioned, scheduler=scheduler)
-            zero.load_partition(engine, latest, rank, world)
-            engine.global_steps = state.step
-        else:
-            state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
-        if state.config_hash != config.config_hash():
-            raise TrainingError(
-                f"{latest}: checkpoint belongs to another config ({state.config_hash[:12]}); use a new checkpoint dir"
-            )
-        state.preempted = False
-    resumed_from = state.step
-
-    def write_checkpoint(preempted: bool = False) -> Path | None:
-        state.preempted = preempted
-        weights: Any = model
-        optimizer_state: Any = optimizer
-        partitions = None
-        if sharded:  # collective: every rank gathers full tensors, rank 0 writes them
-            weights, optimizer_state = distributed.gather_for_checkpoint(model, optimizer)
-        elif engine is not None:  # collective: every rank writes its optimizer partition
-            partitions = zero.shard_dir(checkpoint_dir, state.step)
-            zero.save_partition(engine, partitions, rank, world)
-            optimizer_state = partitioned
-        path = None
-        if rank == 0:
-            sink.status("checkpointing", state.step)
-            path = ckpt.save_checkpoint(
-                checkpoint_dir,
-                model=weights,
-                optimizer=optimizer_state,
-                scheduler=scheduler,
-                state=state,
-                keep=config.keep_checkpoints,
-                extra_dir=partitions,
-            )
-            if on_checkpoint is not None:
-                on_checkpoint(path)
-            sink.status("preempted" if preempted else "running", state.step)
-        if world > 1:
-            torch.distributed.barrier()
-        return path
-
-    # --- loop -----------------------------------------------------------------------------------
-    stream = _positions(data, config, global_batch, (state.epoch, state.index))
-    losses: list[float] = []
-    started = time.perf_counter()
-    tokens_total = 0
-    sink.status("running", state.step)
-    while state.step < total_steps:
-        step_started = time.perf_counter()
-        micro = [next(stream) for _ in range(config.gradient_accumulation_steps)]
-        batches = [
-            b for _, _, rows in micro for b in rank_batches(data, rows, rank, world, device, pass_rows)
-        ]
-        counts = [sum(b["loss_tokens"] for b in batches), sum(b["real_tokens"] for b in batches)]
-        label_tokens, step_tokens = (int(n) for n in distributed.sum_over_ranks(counts, device))
-        lr = scheduler.get_last_lr()[0]  # the rate this step trains with
-        step_loss = 0.0
-        for batch in batches:
-            try:
-                if config.method == "dpo":
-                    loss_sum, _ = dpo_loss_sum(train_model, batch, config.dpo_beta)
-                else:
-                    loss_sum, _ = lm_loss_sum(train_model, batch)
-                loss_sum = loss_sum * batch["weight"]
-                # DDP/FSDP/ZeRO average gradients over ranks; scale so the result is the global token mean.
-                scaled = loss_sum * world / max(1, label_tokens)
-                if engine is None:
-                    scaled.backward()
-                else:
-                    if not math.isfinite(float(loss_sum.detach())):  # before the engine can step on it
-                        raise TrainingError(
-                            f"step {state.step + 1}: loss is {float(loss_sum.detach())}; lower "
-                            "learning_rate_multiplier, check the data for empty or extreme rows, or use float32."
-                        )
-                    engine.backward(scaled, scale_wrt_gas=False)
-                    engine.step()  # steps optimizer and scheduler at the accumulation boundary only
-            except torch.OutOfMemoryError as exc:  # retrying the same config would fail the same way
-                raise TrainingError(
-                    f"step {state.step + 1}: out of memory ({exc}); lower batch_size or max_seq_len, "
-                    "raise gradient_accumulation_steps, or set gradient_checkpointing=true"
-                ) from exc
-            step_loss += float(loss_sum.detach())
-        step_loss = distributed.sum_over_ranks([step_loss], device)[0]
-        loss_value = step_loss / max(1, label_tokens)
-        if config.method == "dpo" and state.step == 0:  # fresh run: the policy is still the reference
-            check_first_step_loss(loss_value, data_dir)
-        if engine is None:
-            norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            grad_norm = float(distributed.full_tensor(norm))
-        else:  # the pre-clipping norm of the step the engine just took
-            grad_norm = float(engine.get_global_grad_norm())
-        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            raise TrainingError(
-                f"step {state.step + 1}: {what} is {loss_value if what == 'loss' else grad_norm}; "
-                "lower learning_rate_multiplier, check the data for empty or extreme rows, or use float32."
-            )
-        if engine is None:
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        last_epoch, last_index, last_rows = micro[-1]
-        state.step += 1
-        state.epoch, state.index = last_epoch, last_index + len(last_rows)
-        if state.index >= data.rows:
-            state.epoch, state.index = state.epoch + 1, 0
-        tokens_total += step_tokens
-        state.tokens_seen += step_tokens
-        losses.append(loss_value)
-        elapsed = time.perf_counter() - step_started
-        metrics = {
-            "loss": loss_value,
-            "grad_norm": grad_norm,
-            "learning_rate": lr,
-            "tokens_per_second": step_tokens / max(elapsed, 1e-9),
-            "epoch": state.epoch + state.index / data.rows,
-        }
-        metrics.update(gpu_metrics(device))
-        if rank == 0:
-            sink.log(state.step, metrics)
-        if on_step is not None:
-            on_step(state.step)
-        if distributed.any_rank(preemption.requested, device) and state.step < total_steps:
-            path = write_checkpoint(preempted=True)
-            raise Preempted(state.step, str(path))
-        if state.step % config.checkpoint_interval == 0 and state.step < total_steps:
-            write_checkpoint()
-            val = validation_loss(model, data, config.method)
-            if val is not None and rank == 0:
-                sink.log(state.step, {"validation_loss": val})
-
-    # --- finish ---------------------------------------------------------------------------------
-    write_checkpoint()
-    val = validation_loss(model, data, config.method)
-    if val is not None and rank == 0:
-        sink.log(state.step, {"validation_loss": val})
-    full_state = distributed.full_model_state(model)  # collective under FSDP, else None
-    if rank == 0:
-        save_output(model, tokenizer, config, output_dir, state_dict=full_state)
-    duration = time.perf_counter() - started
-    return TrainResult(
-        output_dir=output_dir,
-        steps=state.step,
-        losses=losses,
-        first_loss=losses[0] if losses else float("nan"),
-        final_loss=losses[-1] if losses else float("nan"),
-        tokens_per_second=tokens_total / max(duration, 1e-9),
-        packing_efficiency=data.packing_efficiency,
-        validation_loss=val,
-        resumed_from_step=resumed_from,
-        metrics={
-            "world_size": float(world),
-            "batch_size": float(batch_size),
-            "total_steps": float(total_steps),
-        },
-    )
-
-
-def local_rank() -> int:
-    """LOCAL_RANK under torchrun, else 0."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return run.train(output_dir, preemption or PreemptionFlag(), on_step)

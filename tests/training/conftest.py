@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 
 from fineplat.basemodel import BaseModelInfo, load_tokenizer
 from fineplat.demo.dataset import task_row
@@ -60,3 +61,56 @@ def train_in():  # type: ignore[no-untyped-def]
         )
 
     return run
+
+
+class FakeCuda:
+    """Stands in for torch.cuda's availability, bf16 support, memory and NVML readers (this machine
+    has no GPU): `bf16` says whether the fake GPU has native bf16 (compute capability 8.0+),
+    `utilization` is NVML's reading, or the exception reading it raises."""
+
+    def __init__(self, utilization: float | Exception = 87.0, *, bf16: bool = True) -> None:
+        self.peak = 3 * 2**30
+        self._utilization = utilization
+        self._bf16 = bf16
+        self.resets = 0
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_bf16_supported(self, including_emulation: bool = True) -> bool:
+        return self._bf16 or including_emulation
+
+    def max_memory_allocated(self, device: torch.device) -> int:
+        return self.peak
+
+    def memory_reserved(self, device: torch.device) -> int:
+        return 4 * 2**30
+
+    def reset_peak_memory_stats(self, device: torch.device) -> None:
+        self.resets += 1
+        self.peak = 0
+
+    def utilization(self, device: torch.device) -> float:
+        if isinstance(self._utilization, Exception):
+            raise self._utilization
+        return self._utilization
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """`fake_cuda(utilization=87.0, bf16=True)`: install a `FakeCuda` in torch.cuda for one test."""
+
+    def install(utilization: float | Exception = 87.0, *, bf16: bool = True) -> FakeCuda:
+        fake = FakeCuda(utilization, bf16=bf16)
+        for name in (
+            "is_available",
+            "is_bf16_supported",
+            "max_memory_allocated",
+            "memory_reserved",
+            "reset_peak_memory_stats",
+            "utilization",
+        ):
+            monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+        return fake
+
+    return install

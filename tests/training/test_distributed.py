@@ -193,7 +193,7 @@ def test_ddp_losses_equal_single_process_with_the_same_global_batch(
     assert run.losses() == pytest.approx(single.losses, rel=LOSS_TOLERANCE)
 
 
-def test_ddp_adapter_equalstrain_in(ddp: tuple[DistributedRun, TrainResult]) -> None:
+def test_ddp_adapter_equals_the_single_process_adapter(ddp: tuple[DistributedRun, TrainResult]) -> None:
     run, single = ddp
     _assert_same_tensors(
         load_file(str(run.root / "out" / "adapter_model.safetensors")),
@@ -226,7 +226,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_one_step_and_both_resume(
     assert resumed_steps == list(range(step + 1, COMMON["max_steps"] + 1))
 
 
-def test_fsdp_full_fine_tune_equalstrain_in(fsdp: tuple[DistributedRun, TrainResult]) -> None:
+def test_fsdp_full_fine_tune_equals_single_process_training(fsdp: tuple[DistributedRun, TrainResult]) -> None:
     """Sharded weights, gathered checkpoints (resumed after a SIGTERM) and the gathered final model
     reproduce one process's training."""
     run, single = fsdp

@@ -3,6 +3,7 @@ from single-example batches, for every attention implementation fineplat allows 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -223,3 +224,64 @@ def test_packed_sdpa_masked_and_bucketed_modes_agree(monkeypatch: pytest.MonkeyP
         )
     for mode, output in outputs.items():
         torch.testing.assert_close(output, reference, rtol=1e-5, atol=1e-6, msg=mode)
+
+
+def test_flash_attention_path_runs_packed_windows_as_one_row_with_example_boundaries(
+    tiny_base_model: BaseModelInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flash-attention's varlen kernel (GPU only) keeps the examples of packed windows apart only
+    within one row, through cumulative example lengths. A CPU stand-in that attends causally within
+    the `cu_seq_lens` the trainer passes and sees nothing else (no mask, no position ids) gives the
+    summed loss and label count of single-example batches."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+    from transformers.modeling_utils import AttentionInterface
+
+    from fineplat.training import trainer
+
+    seen: list[list[int]] = []
+
+    def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):  # type: ignore[no-untyped-def]
+        assert attention_mask is None and query.size(0) == 1, "packed windows must arrive as one row"
+        bounds = kwargs["cu_seq_lens_q"].tolist()
+        assert kwargs["cu_seq_lens_k"].tolist() == bounds and bounds[-1] == query.size(2)
+        assert (
+            kwargs["max_length_q"]
+            == kwargs["max_length_k"]
+            == max(b - a for a, b in itertools.pairwise(bounds))
+        )
+        seen.append(bounds)
+        groups = module.num_key_value_groups
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        pieces = [
+            F.scaled_dot_product_attention(
+                query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scale=scaling, is_causal=True
+            )
+            for a, b in itertools.pairwise(bounds)
+        ]
+        return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+    name = "test_varlen_stand_in"  # without "flash": transformers would load a flash kernel
+    monkeypatch.setitem(AttentionInterface._global_mapping, name, varlen_attention)
+    monkeypatch.setattr(trainer, "_VARLEN_ATTENTION", trainer._VARLEN_ATTENTION | {name})
+    monkeypatch.setattr(trainer, "_FLASH_VARLEN_ATTENTION", frozenset({name}))
+    tokenizer = load_tokenizer(tiny_base_model.path)
+    examples = _examples(tokenizer, 14)
+    rows = pack_examples(examples, 160, tokenizer.pad_token_id)
+    assert len(rows) >= 3, "the batch must hold several windows"
+    model = load_base_model(tiny_base_model.path)
+    model.set_attn_implementation(name)
+    reference = load_base_model(tiny_base_model.path)  # sdpa, one example per forward
+    with torch.no_grad():
+        loss, count = lm_loss_sum(model, _window_batch(rows))
+        single_sum, single_count = 0.0, 0
+        for example in examples:
+            logits = reference(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0, :-1]
+            labels = torch.tensor(example.labels[1:])
+            single_sum += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            single_count += int((labels != IGNORE_INDEX).sum())
+    flat = [p for row in rows for p in row.position_ids]
+    starts = [i for i, p in enumerate(flat) if p == 0]
+    assert seen[0] == [*starts, len(flat)] and len(starts) > len(rows)  # windows and examples in them
+    assert len(seen) == model.config.num_hidden_layers  # one flattened forward
+    assert count == single_count
+    assert float(loss) == pytest.approx(single_sum, rel=PARITY_TOLERANCE)
