@@ -385,7 +385,7 @@ def train(
         train_model = engine
         partitioned: Any = zero.PartitionedOptimizerState(stage, world)
 
-    state = ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config.config_hash())
+    state = ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config.hparams_hash())
     latest = ckpt.latest_checkpoint(checkpoint_dir)
     if latest is not None:
         if sharded:  # every rank reads the full tensors, then keeps its shards
@@ -400,7 +400,7 @@ def train(
             engine.global_steps = state.step
         else:
             state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
-        if state.config_hash != config.config_hash():
+        if state.config_hash != config.hparams_hash():
             raise TrainingError(
                 f"{latest}: checkpoint belongs to another config ({state.config_hash[:12]}); use a new checkpoint dir"
             )
