@@ -110,7 +110,7 @@ def timed_saves(
     seconds = []
     for index in range(1, saves + 1):
         state = ckpt.TrainerState(
-            step=index * config.checkpoint_interval, epoch=0, index=0, config_hash=config.config_hash()
+            step=index * config.checkpoint_interval, epoch=0, index=0, config_hash=config.hparams_hash()
         )
         started = time.perf_counter()
         ckpt.save_checkpoint(

@@ -123,19 +123,19 @@ def submit_command(
     from fineplat.basemodel import resolve_base_model
     from fineplat.settings import paths
     from fineplat.storage import LocalObjectStore
-    from fineplat.submission import JobSpec, job_id_for, write_job_spec
+    from fineplat.submission import submit_job
     from fineplat.training.config import TrainConfig
     from fineplat_assets.partitions import job_partitions
 
-    train_config = TrainConfig(**json.loads(config))
-    base = resolve_base_model(base_model)
-    job_id = job_id_for(name, dataset, base.sha, train_config)
-    write_job_spec(
+    spec = submit_job(
         LocalObjectStore(paths().objects),
-        JobSpec(job_id, name, dataset, base_model, train_config.model_dump(mode="json")),
+        name=name,
+        dataset_id=dataset,
+        base=resolve_base_model(base_model),
+        config=TrainConfig(**json.loads(config)),
     )
-    _instance().add_dynamic_partitions(job_partitions.name, [job_id])
-    console.print(f"submitted job [bold]{job_id}[/bold]")
+    _instance().add_dynamic_partitions(job_partitions.name, [spec.job_id])
+    console.print(f"submitted job [bold]{spec.job_id}[/bold]")
 
 
 @runs_app.command("compare")

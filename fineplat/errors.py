@@ -24,6 +24,10 @@ class TrainingError(FineplatError):
     """Training failed for a reason retrying will not fix (NaN loss, data error, out of memory)."""
 
 
+class ProtocolError(FineplatError):
+    """A message between the launcher and the trainer process has another schema version or shape."""
+
+
 class RegistryError(FineplatError):
     """A registry operation is not allowed (unknown id, illegal stage transition)."""
 

@@ -77,7 +77,7 @@ def main() -> None:
     from fineplat.basemodel import resolve_base_model
     from fineplat.serving.embedded import EmbeddedServingPool
     from fineplat.storage import LocalObjectStore
-    from fineplat.submission import JobSpec, job_id_for, stage_upload, write_job_spec
+    from fineplat.submission import stage_upload, submit_job
     from fineplat.training.config import TrainConfig
     from fineplat_assets.partitions import dataset_partitions, job_partitions
 
@@ -109,10 +109,7 @@ def main() -> None:
     dataset_id = stages["decontaminated_dataset"]["dataset_id"]
 
     config = TrainConfig(**DEMO_CONFIG)
-    job_id = job_id_for(ADAPTER_NAME, dataset_id, base.sha, config)
-    write_job_spec(
-        store, JobSpec(job_id, ADAPTER_NAME, dataset_id, "fineplat-tiny", config.model_dump(mode="json"))
-    )
+    job_id = submit_job(store, name=ADAPTER_NAME, dataset_id=dataset_id, base=base, config=config).job_id
     instance.add_dynamic_partitions(job_partitions.name, [job_id])
     console.print(f"fine-tuning job {job_id} (LoRA r={config.lora_rank}) through Dagster Pipes…")
     t = time.perf_counter()

@@ -1,6 +1,7 @@
-"""Compute launcher: runs the training/eval entry points outside the Dagster process through
-Dagster Pipes — a local subprocess by default, a Kubernetes Job on a GPU node in production — and
-tells a preemption (retry and resume) apart from a failure (stop)."""
+"""Compute launcher: runs the training entry point outside the Dagster process through Dagster
+Pipes — a local subprocess by default, a Kubernetes Job on a GPU node in production — and tells a
+preemption (retry and resume) apart from a failure (stop). The request travels as the Pipes extras
+and the trainer's replies as Pipes custom messages, both typed by fineplat.training.protocol."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dagster._core.pipes.utils import PipesTempFileContextInjector, PipesTempFil
 from pydantic import Field
 
 from fineplat.training.constants import PREEMPTED_EXIT_CODE
+from fineplat.training.protocol import LaunchRequest, TrainerMessage, parse_trainer_messages
 
 TRAIN_ENTRY_MODULE = "k8s_ops.train_entry"
 REGISTRY_URL_ENV = "FINEPLAT_REGISTRY_URL"  # how the trainer finds the registry (the URL may hold a password)
@@ -31,8 +33,9 @@ class LaunchResult:
     invocation: PipesClientCompletedInvocation
 
     @property
-    def custom_messages(self) -> list[Any]:
-        return list(self.invocation.get_custom_messages())
+    def reports(self) -> list[TrainerMessage]:
+        """The trainer's messages, typed; ProtocolError if a trainer of another release sent them."""
+        return parse_trainer_messages(self.invocation.get_custom_messages())
 
 
 class ComputeLauncher(ConfigurableResource):
@@ -67,14 +70,15 @@ class ComputeLauncher(ConfigurableResource):
     )
 
     def launch_training(
-        self, context: AssetExecutionContext, *, extras: dict[str, Any], env: dict[str, str] | None = None
+        self, context: AssetExecutionContext, *, request: LaunchRequest, env: dict[str, str] | None = None
     ) -> LaunchResult:
         """Run the training entry point to completion; a preemption comes back as `preempted=True`."""
         env = dict(env or {})
         if self.chaos_preempt_at_step and context.retry_number == 0:
             env["FINEPLAT_CHAOS_PREEMPT_AT_STEP"] = str(self.chaos_preempt_at_step)
+        extras = request.model_dump(mode="json")
         if self.mode == "kubernetes":
-            return self._launch_kubernetes(context, extras=extras, env=env)
+            return self._launch_kubernetes(context, job_id=request.job_id, extras=extras, env=env)
         return self._launch_subprocess(context, extras=extras, env=env)
 
     def _launch_subprocess(
@@ -100,14 +104,14 @@ class ComputeLauncher(ConfigurableResource):
         )
 
     def _launch_kubernetes(
-        self, context: AssetExecutionContext, *, extras: dict[str, Any], env: dict[str, str]
+        self, context: AssetExecutionContext, *, job_id: str, extras: dict[str, Any], env: dict[str, str]
     ) -> LaunchResult:
         from fineplat_resources.k8s import launch_kubernetes_training
         from k8s_ops.job_spec import GpuJobSpec
 
         plain, secret_env, object_store = self._pod_env(env)
         spec = GpuJobSpec(
-            job_id=str(extras["job_id"]),
+            job_id=job_id,
             image=self.image,
             env=plain,
             secret_env=secret_env,

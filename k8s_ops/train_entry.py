@@ -4,13 +4,14 @@ code runs as a local subprocess, under `torchrun`, or in a Kubernetes pod.
     python -m k8s_ops.train_entry          # launched by fineplat_resources.ComputeLauncher
     torchrun --nproc_per_node=8 -m k8s_ops.train_entry
 
-It registers the SIGTERM handler first (before torch or the model load), streams per-step metrics
-to MLflow, the registry's run_metrics table and the Dagster event log, and exits with
-PREEMPTED_EXIT_CODE after an emergency checkpoint, or FAILED_EXIT_CODE on a real failure."""
+It reads a `LaunchRequest` from the Pipes extras and answers with the typed messages of
+fineplat.training.protocol. It registers the SIGTERM handler first (before torch or the model
+load), streams per-step metrics to MLflow, the registry's run_metrics table and the Dagster event
+log, and exits with PREEMPTED_EXIT_CODE after an emergency checkpoint, or FAILED_EXIT_CODE on a
+real failure (a request of another protocol version included)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,6 +22,13 @@ from typing import Any
 
 from fineplat.training.constants import FAILED_EXIT_CODE, PREEMPTED_EXIT_CODE, RUN_SUMMARY
 from fineplat.training.preemption import PreemptionFlag
+from fineplat.training.protocol import (
+    FailedReport,
+    LaunchRequest,
+    PreemptedReport,
+    RunSummary,
+    StepReport,
+)
 
 PREEMPTION = PreemptionFlag().install()  # before anything slow: a notice during setup is kept
 
@@ -40,23 +48,28 @@ class RunFiles:
     publish: Callable[[], None] | None = None  # rank 0: upload the finished output
 
 
-def run_files(extras: dict[str, Any], keep_checkpoints: int, log: Any) -> RunFiles:
+def run_files(request: LaunchRequest, log: Any) -> RunFiles:
     """The attempt's directories. On the Dagster machine's disk (local object store) they are the
-    paths in `extras`. Remote (FINEPLAT_OBJECT_STORE_BUCKET set): training data comes from the
+    request's `local_dirs`. Remote (FINEPLAT_OBJECT_STORE_BUCKET set): training data comes from the
     object store, the base model is resolved by name on this node and must have the submitted SHA,
     checkpoints go to a local directory that is mirrored to the store after every save (and
     restored from it first, which is how a retry on a new spot node resumes), and the output is
     uploaded at the end."""
+    from fineplat.errors import ConfigError
     from k8s_ops.job_spec import ENV_OBJECT_STORE_BUCKET, ENV_OBJECT_STORE_PREFIX
 
     bucket = os.environ.get(ENV_OBJECT_STORE_BUCKET)
-    keys = extras.get("object_keys")
-    if not bucket or not keys:
+    if not bucket:
+        if request.local_dirs is None:
+            raise ConfigError(
+                f"job {request.job_id}: the launch request names no local directories and "
+                f"{ENV_OBJECT_STORE_BUCKET} is not set; give the trainer the object store's bucket"
+            )
         return RunFiles(
-            base_model_dir=Path(extras["base_model_dir"]),
-            data_dir=Path(extras["data_dir"]),
-            checkpoint_dir=Path(extras["checkpoint_dir"]),
-            output_dir=Path(extras["output_dir"]),
+            base_model_dir=Path(request.base_model_dir),
+            data_dir=Path(request.local_dirs.data_dir),
+            checkpoint_dir=Path(request.local_dirs.checkpoint_dir),
+            output_dir=Path(request.local_dirs.output_dir),
         )
     import shutil
     import tempfile
@@ -73,39 +86,40 @@ def run_files(extras: dict[str, Any], keep_checkpoints: int, log: Any) -> RunFil
     store = S3ObjectStore(
         bucket, os.environ.get(ENV_OBJECT_STORE_PREFIX, ""), boto3.client("s3"), work / f"cache-{local_rank}"
     )
-    local = Path(extras["base_model_dir"])
+    keys = request.object_keys
+    local = Path(request.base_model_dir)
     if local.is_dir():
         base_model_dir = local
-    else:
-        base = resolve_base_model(str(extras["base_model"]))
-        if base.sha != extras["base_model_sha"]:
+    else:  # another copy: hash it here, where it is loaded, against the SHA pinned at submission
+        base = resolve_base_model(request.base_model)
+        if base.sha != request.base_model_sha:
             raise BaseModelError(
-                f"base model {extras['base_model']!r} on this node has SHA {base.sha[:12]}, the job was "
-                f"submitted for {str(extras['base_model_sha'])[:12]}; pin the same revision in the image cache."
+                f"base model {request.base_model!r} on this node has SHA {base.sha[:12]}, the job was "
+                f"submitted for {request.base_model_sha[:12]}; pin the same revision in the image cache."
             )
         base_model_dir = base.path
     # Every local rank restores into its own directory (no two processes write one), rank 0 also
     # saves there; resume reads happen only at start.
     checkpoint_dir = work / "checkpoints" / f"local-rank-{local_rank}"
     mirror = CheckpointMirror(
-        store.client, bucket, store.object_key(keys["checkpoints"]), keep=keep_checkpoints
+        store.client, bucket, store.object_key(keys.checkpoints), keep=request.config.keep_checkpoints
     )
     restored = mirror.restore(checkpoint_dir)
     if restored is not None:
-        log.info(f"restored checkpoint {restored.name} from {store.uri(keys['checkpoints'])}")
+        log.info(f"restored checkpoint {restored.name} from {store.uri(keys.checkpoints)}")
     output_dir = work / "output"
 
     def on_checkpoint(path: Path) -> None:
         seconds = mirror.upload(path)
-        log.info(f"checkpoint {path.name} uploaded to {store.uri(keys['checkpoints'])} in {seconds:.1f}s")
+        log.info(f"checkpoint {path.name} uploaded to {store.uri(keys.checkpoints)} in {seconds:.1f}s")
 
     def publish() -> None:
-        with store.writing(keys["output"]) as staging:
+        with store.writing(keys.output) as staging:
             shutil.copytree(output_dir, staging, dirs_exist_ok=True)
 
     return RunFiles(
         base_model_dir=base_model_dir,
-        data_dir=store.local(keys["data"]),
+        data_dir=store.local(keys.data),
         checkpoint_dir=checkpoint_dir,
         output_dir=output_dir,
         on_checkpoint=on_checkpoint,
@@ -132,7 +146,7 @@ class PipesMetricsSink:
             self.flush()
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             self.pipes.log.info(f"step {step}: {shown}")
-            self.pipes.report_custom_message({"step": step, **metrics})
+            self.pipes.report_custom_message(StepReport(step=step, metrics=metrics).model_dump(mode="json"))
 
     def flush(self) -> None:
         if not self.pending:
@@ -172,39 +186,40 @@ def _write_termination_message() -> None:
 
 
 def main() -> int:
-    """Run one training attempt described by the Pipes extras; return the process exit code."""
+    """Run one training attempt described by the launch request; return the process exit code."""
     from dagster_pipes import open_dagster_pipes
 
-    from fineplat.errors import FineplatError
+    from fineplat.errors import FineplatError, ProtocolError
     from fineplat.registry import Registry
     from fineplat.tracking import MlflowTracker
-    from fineplat.training.config import TrainConfig
     from fineplat.training.preemption import Preempted
     from fineplat.training.trainer import train
 
     with open_dagster_pipes() as pipes:
-        extras = pipes.extras
-        job_id = str(extras["job_id"])
-        config = TrainConfig(**extras["config"])
+        try:
+            request = LaunchRequest.parse(pipes.extras)
+        except ProtocolError as exc:
+            pipes.log.error(str(exc))
+            pipes.report_custom_message(FailedReport(error=str(exc)).model_dump(mode="json"))
+            return FAILED_EXIT_CODE
+        job_id, config = request.job_id, request.config
         registry = Registry(os.environ["FINEPLAT_REGISTRY_URL"])
-        tracker = MlflowTracker(
-            extras["mlflow_uri"], extras.get("mlflow_experiment", "fineplat"), extras.get("mlflow_artifacts")
-        )
+        tracker = MlflowTracker(request.mlflow.tracking_uri, request.mlflow.experiment)
         run_id = tracker.start_run(
             job_id,
             params={
                 **config.model_dump(mode="json"),
-                "base_model": extras["base_model"],
-                "base_model_sha": extras["base_model_sha"],
-                "dataset_id": extras["dataset_id"],
+                "base_model": request.base_model,
+                "base_model_sha": request.base_model_sha,
+                "dataset_id": request.dataset_id,
             },
-            tags={"base_model_sha": extras["base_model_sha"], "dataset_id": extras["dataset_id"]},
+            tags={"base_model_sha": request.base_model_sha, "dataset_id": request.dataset_id},
         )
         registry.update_job(job_id, mlflow_run_id=run_id, status="running")
         sink = PipesMetricsSink(pipes, job_id, tracker, run_id, registry)
         started = time.perf_counter()
         try:
-            files = run_files(extras, config.keep_checkpoints, pipes.log)
+            files = run_files(request, pipes.log)
             result = train(
                 config,
                 base_model_dir=files.base_model_dir,
@@ -223,7 +238,8 @@ def main() -> int:
             )
             registry.update_job(job_id, status="preempted", current_step=exc.step)
             tracker.end_run(run_id, status="KILLED")
-            pipes.report_custom_message({"preempted": True, "step": exc.step, "checkpoint": exc.checkpoint})
+            report = PreemptedReport(step=exc.step, checkpoint=exc.checkpoint)
+            pipes.report_custom_message(report.model_dump(mode="json"))
             _write_termination_message()
             return PREEMPTED_EXIT_CODE
         except FineplatError as exc:
@@ -231,30 +247,29 @@ def main() -> int:
             pipes.log.error(str(exc))
             registry.update_job(job_id, status="failed", error=str(exc))
             tracker.end_run(run_id, status="FAILED")
-            pipes.report_custom_message({"failed": True, "error": str(exc)})
+            pipes.report_custom_message(FailedReport(error=str(exc)).model_dump(mode="json"))
             return FAILED_EXIT_CODE
-        summary = {
-            "steps": result.steps,
-            "first_loss": result.first_loss,
-            "final_loss": result.final_loss,
-            "losses": result.losses,
-            "tokens_per_second": result.tokens_per_second,
-            "packing_efficiency": result.packing_efficiency,
-            "validation_loss": result.validation_loss,
-            "resumed_from_step": result.resumed_from_step,
-            "wall_seconds": time.perf_counter() - started,
-            "mlflow_run_id": run_id,
-        }
+        summary = RunSummary(
+            job_id=job_id,
+            steps=result.steps,
+            first_loss=result.first_loss,
+            final_loss=result.final_loss,
+            losses=result.losses,
+            tokens_per_second=result.tokens_per_second,
+            packing_efficiency=result.packing_efficiency,
+            validation_loss=result.validation_loss,
+            resumed_from_step=result.resumed_from_step,
+            wall_seconds=time.perf_counter() - started,
+            mlflow_run_id=run_id,
+        )
         if int(os.environ.get("RANK", "0")) == 0:
-            (files.output_dir / RUN_SUMMARY).write_text(
-                json.dumps({**summary, "job_id": job_id}, indent=2, default=str)
-            )
+            summary.write(files.output_dir / RUN_SUMMARY)
             if files.publish is not None:
                 files.publish()
         sink.flush()
         tracker.end_run(run_id)
         registry.update_job(job_id, status="succeeded", current_step=result.steps)
-        pipes.report_custom_message({"result": summary})
+        pipes.report_custom_message(summary.model_dump(mode="json"))
     return 0
 
 

@@ -7,6 +7,7 @@ from fineplat.basemodel.load import (
     base_model_sha,
     load_base_model,
     load_tokenizer,
+    locate_base_model,
     resolve_base_model,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "build_base_model",
     "load_base_model",
     "load_tokenizer",
+    "locate_base_model",
     "resolve_base_model",
 ]

@@ -52,22 +52,26 @@ def base_model_sha(model_dir: Path) -> str:
 
 
 def resolve_base_model(name_or_path: str, *, build_if_missing: bool = True) -> BaseModelInfo:
-    """Find a base model: `fineplat-tiny` (built on first use under FINEPLAT_HOME/models), an
-    existing local directory, or a hub id already in the local Hugging Face cache."""
+    """Find a base model and hash its files: `fineplat-tiny` (built on first use under
+    FINEPLAT_HOME/models), an existing local directory, or a hub id already in the local Hugging
+    Face cache. Hashing reads every weight file; a job hashes once, at submission, and its later
+    stages use `locate_base_model` with the SHA the job spec recorded."""
+    if name_or_path == TINY_MODEL_NAME and not (paths().models / TINY_MODEL_NAME / "config.json").exists():
+        return _build_tiny_model(build_if_missing)  # the build hashes what it wrote
+    path = locate_base_model(name_or_path, build_if_missing=build_if_missing)
+    return BaseModelInfo(name_or_path, path, base_model_sha(path))
+
+
+def locate_base_model(name_or_path: str, *, build_if_missing: bool = True) -> Path:
+    """The local directory of a base model (see `resolve_base_model`), without hashing it."""
     if name_or_path == TINY_MODEL_NAME:
         target = paths().models / TINY_MODEL_NAME
-        if not (target / "config.json").exists():
-            if not build_if_missing:
-                raise BaseModelError(f"{target}: tiny base model not built; run `fineplat base-model build`.")
-            from fineplat.basemodel.build import build_base_model
-
-            return build_base_model(target, show_progress=True)
-        return BaseModelInfo(TINY_MODEL_NAME, target, base_model_sha(target))
+        return target if (target / "config.json").exists() else _build_tiny_model(build_if_missing).path
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
             raise BaseModelError(f"{local}: no config.json; expected a Hugging Face model directory.")
-        return BaseModelInfo(name_or_path, local.resolve(), base_model_sha(local))
+        return local.resolve()
     try:
         from huggingface_hub import snapshot_download
 
@@ -75,14 +79,22 @@ def resolve_base_model(name_or_path: str, *, build_if_missing: bool = True) -> B
         cache_dir = os.environ.get("HF_HUB_CACHE") or (
             str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
         )
-        cached = Path(snapshot_download(repo_id=name_or_path, local_files_only=True, cache_dir=cache_dir))
+        return Path(snapshot_download(repo_id=name_or_path, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # the hub client raises several types for "not cached"
         raise BaseModelError(
             f"base model {name_or_path!r}: not a local directory and not in the Hugging Face cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it on a machine with hub "
             f"access (`hf download {name_or_path}`) or pass a local path. ({type(exc).__name__})"
         ) from exc
-    return BaseModelInfo(name_or_path, cached, base_model_sha(cached))
+
+
+def _build_tiny_model(build_if_missing: bool) -> BaseModelInfo:
+    target = paths().models / TINY_MODEL_NAME
+    if not build_if_missing:
+        raise BaseModelError(f"{target}: tiny base model not built; run `fineplat base-model build`.")
+    from fineplat.basemodel.build import build_base_model
+
+    return build_base_model(target, show_progress=True)
 
 
 def load_tokenizer(model_dir: Path) -> Any:

@@ -23,14 +23,13 @@ log-probabilities for training: evaluation and training score a sequence the sam
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fineplat.errors import ConfigError, EvaluationError
 from fineplat.evaluation.report import GateResult
-from fineplat.packing.tokenize import tokenize_record, tokenize_text
+from fineplat.packing.tokenize import tokenize_record, tokenize_rows
 from fineplat.training import distributed
 from fineplat.training.dpo import sequence_logps
 
@@ -176,8 +175,9 @@ def perplexity(
             f"perplexity window {window}: needs at least 2 tokens (one context, one predicted)."
         )
     chunks: list[list[int]] = []
-    for record in records:
-        ids = tokenize_text(_text_of(record), tokenizer, sys.maxsize).input_ids
+    texts = [{"text": _text_of(record)} for record in records]
+    for example in tokenize_rows(["text"] * len(texts), texts, tokenizer):
+        ids = example.input_ids
         step = window - 1
         chunks.extend(ids[start : start + window] for start in range(0, max(1, len(ids) - 1), step))
     chunks = [c for c in chunks if len(c) >= 2]

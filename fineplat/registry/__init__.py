@@ -18,7 +18,6 @@ from fineplat.registry.registry import (
     default_model_id,
     default_serving_name,
     head_revision,
-    job_config_hash,
 )
 
 __all__ = [
@@ -37,5 +36,4 @@ __all__ = [
     "default_model_id",
     "default_serving_name",
     "head_revision",
-    "job_config_hash",
 ]

@@ -29,7 +29,8 @@ class DatasetArtifact:
 
 @dataclass(frozen=True)
 class Job:
-    """One fine-tuning job and where it stands; `config_hash` identifies the run for reuse."""
+    """One fine-tuning job and where it stands; `run_identity` (fineplat.training.config.run_identity)
+    names the run, so an identical submission finds its result."""
 
     id: str
     method: str
@@ -37,7 +38,7 @@ class Job:
     base_model_sha: str
     dataset_id: str
     config: dict[str, Any]
-    config_hash: str
+    run_identity: str
     status: str
     attempts: int
     current_step: int
@@ -58,7 +59,7 @@ class ModelArtifact:
     job_id: str | None
     base_model_sha: str
     dataset_id: str
-    hparams_hash: str
+    hparams_hash: str  # TrainConfig.hparams_hash(): the hyperparameters alone, not the run identity
     kind: str
     uri: str
     stage: str

@@ -136,7 +136,7 @@ def show_command(
                 "dataset_uri": lineage["dataset"]["uri"],
                 "job": job.get("id", "(none)"),
                 "method": job.get("method", ""),
-                "config_hash": job.get("config_hash", ""),
+                "run_identity": job.get("run_identity", ""),
                 "hparams_hash": lineage["hparams_hash"],
             },
         )

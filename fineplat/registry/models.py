@@ -77,7 +77,8 @@ class DatasetArtifactRow(Base):
 
 
 class TrainingJobRow(Base):
-    """One fine-tuning job; `config_hash` identifies the run so an identical submission is reused."""
+    """One fine-tuning job; `run_identity` names the run so an identical submission is reused. Its
+    column keeps the name `config_hash` of the first schema (renaming it would need a migration)."""
 
     __tablename__ = "training_jobs"
     __table_args__ = (sa.CheckConstraint(_in("status", JOB_STATUSES), name="status"),)
@@ -90,7 +91,7 @@ class TrainingJobRow(Base):
         sa.String(ID_LENGTH), sa.ForeignKey("dataset_artifacts.id"), nullable=False, index=True
     )
     config: Mapped[dict[str, Any]] = mapped_column(sa.JSON, nullable=False)
-    config_hash: Mapped[str] = mapped_column(sa.String(ID_LENGTH), nullable=False, index=True)
+    run_identity: Mapped[str] = mapped_column("config_hash", sa.String(ID_LENGTH), nullable=False, index=True)
     status: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="queued")
     attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     current_step: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)

@@ -57,6 +57,7 @@ from fineplat.registry.models import (
     TrainingJobRow,
     utcnow,
 )
+from fineplat.training.config import run_identity
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -99,16 +100,6 @@ def head_revision() -> str:
     if head is None:
         raise RegistryError(f"no migrations found in {MIGRATIONS_DIR}; the fineplat install is incomplete")
     return head
-
-
-def job_config_hash(method: str, config: Mapping[str, Any], base_model_sha: str, dataset_id: str) -> str:
-    """The identity of a training run: the same method, configuration, base model weights and
-    dataset version produce the same hash, so a second identical submission can reuse the first
-    one's result (`Registry.find_succeeded_job`). The method is included because two methods with
-    identical hyperparameters are still different runs."""
-    return hash_json(
-        {"method": method, "config": dict(config), "base_model_sha": base_model_sha, "dataset_id": dataset_id}
-    )
 
 
 def default_model_id(
@@ -208,7 +199,7 @@ def _job(row: TrainingJobRow) -> Job:
         base_model_sha=row.base_model_sha,
         dataset_id=row.dataset_id,
         config=dict(row.config),
-        config_hash=row.config_hash,
+        run_identity=row.run_identity,
         status=row.status,
         attempts=row.attempts,
         current_step=row.current_step,
@@ -472,7 +463,8 @@ class Registry:
         dagster_run_id: str | None = None,
         mlflow_run_id: str | None = None,
     ) -> Job:
-        """Record a new training job. Its `config_hash` (see `job_config_hash`) identifies the run.
+        """Record a new training job. Its `run_identity` (fineplat.training.config.run_identity)
+        names the run.
         Creating the same job id with the same run identity again returns the existing job (a
         retried step); a different identity under an existing id is a RegistryError."""
         _require_text("job_id", job_id)
@@ -482,7 +474,7 @@ class Registry:
         _require_text("dataset_id", dataset_id)
         _require_choice("status", status, JOB_STATUSES)
         config_json = _json_object("config", config)
-        config_hash = job_config_hash(method, config_json, base_model_sha, dataset_id)
+        identity = run_identity(method, config_json, base_model_sha, dataset_id)
         with self._session() as session:
             existing = session.get(TrainingJobRow, job_id)
             if existing is None:
@@ -498,7 +490,7 @@ class Registry:
                     base_model_sha=base_model_sha,
                     dataset_id=dataset_id,
                     config=config_json,
-                    config_hash=config_hash,
+                    run_identity=identity,
                     status=status,
                     attempts=0,
                     current_step=0,
@@ -514,10 +506,10 @@ class Registry:
                     existing = session.get(TrainingJobRow, job_id)
                     if existing is None:
                         raise
-            if existing.config_hash != config_hash:
+            if existing.run_identity != identity:
                 raise RegistryError(
-                    f"job {job_id!r} already exists with a different run identity (config_hash "
-                    f"{existing.config_hash[:12]}…, new {config_hash[:12]}…); submit the new configuration "
+                    f"job {job_id!r} already exists with a different run identity "
+                    f"({existing.run_identity[:12]}…, new {identity[:12]}…); submit the new configuration "
                     "under a new job id"
                 )
             return _job(existing)
@@ -535,13 +527,13 @@ class Registry:
             )
         return row
 
-    def find_succeeded_job(self, config_hash: str) -> Job | None:
+    def find_succeeded_job(self, identity: str) -> Job | None:
         """The most recent succeeded job with this run identity, whose result a new identical
         submission can reuse instead of training again; None if there is none."""
         with self._session() as session:
             row = session.scalars(
                 sa.select(TrainingJobRow)
-                .where(TrainingJobRow.config_hash == config_hash, TrainingJobRow.status == "succeeded")
+                .where(TrainingJobRow.run_identity == identity, TrainingJobRow.status == "succeeded")
                 .order_by(TrainingJobRow.updated_at.desc(), TrainingJobRow.id)
                 .limit(1)
             ).first()
@@ -948,7 +940,7 @@ class Registry:
                 "method": job.method,
                 "status": job.status,
                 "config": job.config,
-                "config_hash": job.config_hash,
+                "run_identity": job.run_identity,
                 "dagster_run_id": job.dagster_run_id,
                 "mlflow_run_id": job.mlflow_run_id,
             },

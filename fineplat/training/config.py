@@ -1,12 +1,17 @@
-"""The fine-tune job's typed configuration. Its canonical hash, with the base model SHA and the
-dataset version, identifies a run: an identical second submission reuses the first's result.
+"""The fine-tune job's typed configuration, and the two hashes derived from it.
 
-    fineplat train --method lora --dataset <id> --base-model fineplat-tiny --n-epochs 3
+- `TrainConfig.hparams_hash()`: the hyperparameters alone. Lineage records it per model
+  (`hparams_hash`), and a checkpoint carries it so a resume under other hyperparameters is refused.
+- `run_identity()`: hyperparameters + base model SHA + dataset version. It names a run: the job id
+  is derived from it, and an identical second submission finds the first's result by it.
+
+    fineplat jobs submit --name support-router --dataset <id> --config '{"method": "lora"}'
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from collections.abc import Mapping
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -75,10 +80,23 @@ class TrainConfig(BaseModel):
     def uses_adapter(self) -> bool:
         return self.method in ADAPTER_METHODS
 
-    def config_hash(self) -> str:
-        """Hash of the hyperparameters alone (the `hparams_hash` of lineage)."""
+    def hparams_hash(self) -> str:
+        """Hash of the hyperparameters alone; the same hyperparameters on another base model or
+        dataset give the same value (see `run_identity` for what names a run)."""
         return hash_json(self.model_dump(mode="json"))
 
-    def run_key(self, base_model_sha: str, dataset_id: str) -> str:
-        """Hash of hyperparameters + base model SHA + dataset version: the run's identity."""
-        return hash_json({"config": self.model_dump(mode="json"), "base": base_model_sha, "data": dataset_id})
+    def run_identity(self, base_model_sha: str, dataset_id: str) -> str:
+        """This configuration's run on `base_model_sha` and `dataset_id` (see `run_identity`)."""
+        return run_identity(self.method, self.model_dump(mode="json"), base_model_sha, dataset_id)
+
+
+def run_identity(method: str, config: Mapping[str, Any], base_model_sha: str, dataset_id: str) -> str:
+    """The identity of a training run: the same method, configuration, base model weights and
+    dataset version give the same hash. The job id is derived from it, and the registry finds a
+    succeeded identical run by it (`Registry.find_succeeded_job`) so a second submission reuses the
+    first's result. It takes the configuration as a mapping because the registry records any job's
+    configuration; the method is included because two methods with identical hyperparameters are
+    still different runs."""
+    return hash_json(
+        {"method": method, "config": dict(config), "base_model_sha": base_model_sha, "dataset_id": dataset_id}
+    )

@@ -428,7 +428,7 @@ class FineTune:
     def _resume(self) -> ckpt.TrainerState:
         """The state to start from: the latest complete checkpoint's (loaded into the strategy),
         or step 0."""
-        config_hash = self.config.config_hash()
+        config_hash = self.config.hparams_hash()
         latest = ckpt.latest_checkpoint(self.checkpoint_dir)
         if latest is None:
             return ckpt.TrainerState(step=0, epoch=0, index=0, config_hash=config_hash)

@@ -1,6 +1,7 @@
 """Evaluation assets, partitioned by fine-tune job: `eval_report` scores base model and adapter on
 the task holdout and applies the gates; `registered_adapter` records the adapter with its full
-lineage and, when every gate passed, moves it to staging for the promotion sensor."""
+lineage and, when every gate passed, moves it to staging for the promotion sensor. Both use the
+base model SHA the job spec pinned at submission instead of hashing the weights."""
 
 import json
 
@@ -13,10 +14,11 @@ from dagster import (
     asset,
 )
 
-from fineplat.basemodel import resolve_base_model
+from fineplat.basemodel import locate_base_model
 from fineplat.evaluation.report import evaluate_candidate
-from fineplat.registry import job_config_hash
-from fineplat.submission import read_job_spec
+from fineplat.registry import Registry
+from fineplat.storage import ObjectStore
+from fineplat.submission import JobSpec, read_job_spec
 from fineplat_assets.partitions import job_partitions
 from fineplat_assets.training.assets import adapter, holdout_records, job_keys
 from fineplat_resources.registry import RegistryResource
@@ -25,16 +27,12 @@ from fineplat_resources.storage import ObjectStoreResource
 GROUP = "evaluation"
 
 
-def _output_key(store, reg, spec) -> str:  # type: ignore[no-untyped-def]
+def _output_key(store: ObjectStore, reg: Registry, spec: JobSpec) -> str:
     """The job's own output, or that of the identical run it reused."""
     own = job_keys(spec.job_id)["output"]
     if store.exists(own) and any(store.local(own).iterdir()):
         return own
-    config = spec.train_config
-    base = resolve_base_model(spec.base_model)
-    previous = reg.find_succeeded_job(
-        job_config_hash(config.method, config.model_dump(mode="json"), base.sha, spec.dataset_id)
-    )
+    previous = reg.find_succeeded_job(spec.run_identity)
     if previous is None:
         raise FileNotFoundError(f"job {spec.job_id}: no trained output; materialize `adapter` first")
     return job_keys(previous.id)["output"]
@@ -58,10 +56,11 @@ def eval_report(
     store = object_store.get_store()
     reg = registry.get_registry()
     spec = read_job_spec(store, context.partition_key)
-    base = resolve_base_model(spec.base_model)
     keys = job_keys(spec.job_id)
     records = holdout_records(store.local(keys["data"]))
-    report = evaluate_candidate(base.path, store.local(_output_key(store, reg, spec)), records)
+    report = evaluate_candidate(
+        locate_base_model(spec.base_model), store.local(_output_key(store, reg, spec)), records
+    )
     with store.writing(keys["eval"]) as out:
         (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     table = ["| prompt | reference | base | adapter |", "|---|---|---|---|"] + [
@@ -99,15 +98,13 @@ def registered_adapter(
     store = object_store.get_store()
     reg = registry.get_registry()
     spec = read_job_spec(store, context.partition_key)
-    config = spec.train_config
-    base = resolve_base_model(spec.base_model)
     report = json.loads((store.local(job_keys(spec.job_id)["eval"]) / "report.json").read_text())
     model = reg.register_model(
         name=spec.name,
-        base_model_sha=base.sha,
+        base_model_sha=spec.base_model_sha,
         dataset_id=spec.dataset_id,
-        hparams_hash=config.config_hash(),
-        kind="lora" if config.uses_adapter else "full",
+        hparams_hash=spec.config.hparams_hash(),
+        kind="lora" if spec.config.uses_adapter else "full",
         uri=store.uri(_output_key(store, reg, spec)),
         job_id=spec.job_id,
         eval_results=report,

@@ -1,9 +1,10 @@
 """Training assets, partitioned by fine-tune job: `training_data` tokenizes and packs the job's
 dataset version with the base model's own tokenizer; `adapter` trains it in an external process
-through Dagster Pipes, turning a preemption into a retry that resumes from the latest checkpoint."""
+through Dagster Pipes, turning a preemption into a retry that resumes from the latest checkpoint.
+Both use the base model SHA the job spec pinned at submission instead of hashing the weights."""
 
-import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from dagster import (
@@ -17,13 +18,24 @@ from dagster import (
     asset,
 )
 
-from fineplat.basemodel import load_tokenizer, resolve_base_model
+from fineplat.basemodel import load_tokenizer, locate_base_model
+from fineplat.errors import ProtocolError
 from fineplat.ingestion import read_parquet
 from fineplat.packing.build import build_training_data, read_manifest
-from fineplat.registry import job_config_hash
-from fineplat.storage import LocalObjectStore, local_path
-from fineplat.submission import read_job_spec
+from fineplat.registry import Registry
+from fineplat.storage import LocalObjectStore, ObjectStore, local_path
+from fineplat.submission import JobSpec, read_job_spec
 from fineplat.training.constants import RUN_SUMMARY
+from fineplat.training.protocol import (
+    FailedReport,
+    LaunchRequest,
+    LocalRunDirs,
+    MlflowTarget,
+    ObjectKeys,
+    PreemptedReport,
+    RunSummary,
+    last_of,
+)
 from fineplat_assets.ingestion.assets import decontaminated_dataset
 from fineplat_assets.metadata import plot_loss_curve, png_markdown
 from fineplat_assets.partitions import job_partitions
@@ -63,10 +75,10 @@ def training_data(
     assistant tokens only), split into train and task holdout, and packed into windows."""
     store = object_store.get_store()
     spec = read_job_spec(store, context.partition_key)
-    config = spec.train_config
-    base = resolve_base_model(spec.base_model)
+    config = spec.config
+    base_model_dir = locate_base_model(spec.base_model)
     rows = read_parquet(store.local(f"datasets/by-id/{spec.dataset_id}") / "rows.parquet")
-    tokenizer = load_tokenizer(base.path)
+    tokenizer = load_tokenizer(base_model_dir)
     key = job_keys(spec.job_id)["data"]
     with store.writing(key) as out:
         manifest = build_training_data(
@@ -75,12 +87,12 @@ def training_data(
         if config.method == "dpo":
             from fineplat.training.dpo import precompute_reference_logps
 
-            precompute_reference_logps(base.path, out)
+            precompute_reference_logps(base_model_dir, out)
     job = registry.get_registry().create_job(
         spec.job_id,
         method=config.method,
         base_model=spec.base_model,
-        base_model_sha=base.sha,
+        base_model_sha=spec.base_model_sha,
         dataset_id=spec.dataset_id,
         config=config.model_dump(mode="json"),
     )
@@ -89,8 +101,8 @@ def training_data(
             "job_id": spec.job_id,
             "dataset_id": spec.dataset_id,
             "base_model": spec.base_model,
-            "base_model_sha": base.sha,
-            "config_hash": job.config_hash,
+            "base_model_sha": spec.base_model_sha,
+            "run_identity": job.run_identity,
             "train_examples": manifest.train_examples,
             "train_windows": manifest.train_rows,
             "holdout_examples": manifest.holdout_examples,
@@ -117,70 +129,86 @@ def adapter(
     store = object_store.get_store()
     reg = registry.get_registry()
     spec = read_job_spec(store, context.partition_key)
-    config = spec.train_config
-    base = resolve_base_model(spec.base_model)
     keys = job_keys(spec.job_id)
-    identity = job_config_hash(config.method, config.model_dump(mode="json"), base.sha, spec.dataset_id)
-    previous = reg.find_succeeded_job(identity)
+    previous = reg.find_succeeded_job(spec.run_identity)
     if previous is not None and store.exists(job_keys(previous.id)["output"]) and context.retry_number == 0:
-        context.log.info(f"identical run {previous.id} already succeeded; reusing its output")
         previous_output = store.local(job_keys(previous.id)["output"])
-        result = json.loads((previous_output / RUN_SUMMARY).read_text())
-        metadata = _trained_metadata(
-            reg, store, previous.id, result, previous_output, config.method, attempts=0
-        )
-        return MaterializeResult(metadata={**metadata, "job_id": spec.job_id, "reused_from_job": previous.id})
+        try:
+            reused = RunSummary.read(previous_output / RUN_SUMMARY)
+        except ProtocolError as exc:  # written by another release: train again rather than guess
+            context.log.warning(f"identical run {previous.id} not reusable: {exc}")
+        else:
+            context.log.info(f"identical run {previous.id} already succeeded; reusing its output")
+            metadata = _trained_metadata(reg, store, previous.id, reused, previous_output, spec, attempts=0)
+            return MaterializeResult(
+                metadata={**metadata, "job_id": spec.job_id, "reused_from_job": previous.id}
+            )
     reg.update_job(
         spec.job_id, status="running", attempts=context.retry_number + 1, dagster_run_id=context.run_id
     )
-    # Local store: the trainer writes in place. S3: it reads and writes through the store (its node
-    # may not share this disk), given the keys and the bucket in its environment.
-    on_disk = isinstance(store, LocalObjectStore)
-    extras = {
-        "job_id": spec.job_id,
-        "config": config.model_dump(mode="json"),
-        "base_model": spec.base_model,
-        "base_model_dir": str(base.path),
-        "base_model_sha": base.sha,
-        "dataset_id": spec.dataset_id,
-        "data_dir": str(store.local(keys["data"])) if on_disk else "",
-        "checkpoint_dir": str(local_path(store, keys["checkpoints"])) if on_disk else "",
-        "output_dir": str(local_path(store, keys["output"])) if on_disk else "",
-        "object_keys": {name: keys[name] for name in ("data", "checkpoints", "output")},
-        "mlflow_uri": tracker.resolved_uri(),
-        "mlflow_experiment": tracker.experiment,
-    }
     # The registry URL may carry a password: it travels in the environment (a Secret in
-    # Kubernetes), never in the Pipes extras that end up in logs.
+    # Kubernetes), never in the launch request, which ends up in logs.
     env = {REGISTRY_URL_ENV: registry.url, **object_store.trainer_env()}
-    launched = launcher.launch_training(context, extras=extras, env=env)
-    messages = launched.custom_messages
+    launched = launcher.launch_training(context, request=launch_request(spec, store, tracker), env=env)
+    try:
+        reports = launched.reports
+    except ProtocolError as exc:
+        reg.update_job(spec.job_id, status="failed", error=str(exc))
+        raise Failure(description=f"training job {spec.job_id}: {exc}", allow_retries=False) from exc
     if launched.preempted:
-        step = next((m.get("step") for m in messages if isinstance(m, dict) and m.get("preempted")), None)
+        preempted = last_of(reports, PreemptedReport)
+        step = None if preempted is None else preempted.step
         context.log.warning(f"job {spec.job_id} preempted after step {step}; retrying from its checkpoint")
         raise RetryRequested(
             max_retries=MAX_PREEMPTION_RETRIES, seconds_to_wait=PREEMPTION_RETRY_WAIT_SECONDS
         )
-    if launched.exit_code != 0:
-        error = next((m.get("error") for m in messages if isinstance(m, dict) and m.get("failed")), None)
-        reg.update_job(
-            spec.job_id, status="failed", error=error or f"trainer exited with code {launched.exit_code}"
-        )
-        raise Failure(
-            description=f"training job {spec.job_id} failed: {error or f'exit code {launched.exit_code}'}",
-            allow_retries=False,
-        )
-    result = next(m["result"] for m in messages if isinstance(m, dict) and "result" in m)
+    summary = last_of(reports, RunSummary)
+    if launched.exit_code != 0 or summary is None:
+        failed = last_of(reports, FailedReport)
+        error = failed.error if failed is not None else f"trainer exited with code {launched.exit_code}"
+        reg.update_job(spec.job_id, status="failed", error=error)
+        raise Failure(description=f"training job {spec.job_id} failed: {error}", allow_retries=False)
     output_dir = store.local(keys["output"])  # the trainer wrote it, with its RUN_SUMMARY
     metadata = _trained_metadata(
-        reg, store, spec.job_id, result, Path(output_dir), config.method, context.retry_number + 1
+        reg, store, spec.job_id, summary, Path(output_dir), spec, context.retry_number + 1
     )
     return MaterializeResult(metadata=metadata)
 
 
+def launch_request(spec: JobSpec, store: ObjectStore, tracker: ExperimentTrackerResource) -> LaunchRequest:
+    """What the trainer needs for one attempt of `spec`. A local store: the trainer writes in place
+    on this disk. S3: it reads and writes through the store (its node may not share this disk),
+    given the keys here and the bucket in its environment."""
+    keys = job_keys(spec.job_id)
+    local_dirs = None
+    if isinstance(store, LocalObjectStore):
+        local_dirs = LocalRunDirs(
+            data_dir=str(store.local(keys["data"])),
+            checkpoint_dir=str(local_path(store, keys["checkpoints"])),
+            output_dir=str(local_path(store, keys["output"])),
+        )
+    return LaunchRequest(
+        job_id=spec.job_id,
+        config=spec.config,
+        base_model=spec.base_model,
+        base_model_sha=spec.base_model_sha,
+        base_model_dir=str(locate_base_model(spec.base_model)),
+        dataset_id=spec.dataset_id,
+        local_dirs=local_dirs,
+        object_keys=ObjectKeys(data=keys["data"], checkpoints=keys["checkpoints"], output=keys["output"]),
+        mlflow=MlflowTarget(tracking_uri=tracker.resolved_uri(), experiment=tracker.experiment),
+    )
+
+
 def _trained_metadata(
-    reg, store, job_id: str, result: dict, output_dir: Path, method: str, attempts: int
-) -> dict:  # type: ignore[no-untyped-def]
+    reg: Registry,
+    store: ObjectStore,
+    job_id: str,
+    summary: RunSummary,
+    output_dir: Path,
+    spec: JobSpec,
+    attempts: int,
+) -> dict[str, Any]:
     """Metadata of a trained output: loss first → last over all attempts, throughput, the loss curve."""
     validation = [(m.step, m.value) for m in reg.metrics(job_id, "validation_loss")]
     all_losses = [m.value for m in sorted(reg.metrics(job_id, "loss"), key=lambda m: m.step)]
@@ -189,16 +217,16 @@ def _trained_metadata(
     )
     return {
         "job_id": job_id,
-        "method": method,
-        "steps": result["steps"],
-        "loss_first": all_losses[0] if all_losses else result["first_loss"],
-        "loss_last": result["final_loss"],
-        "validation_loss": result["validation_loss"],
-        "tokens_per_second": round(result["tokens_per_second"], 1),
-        "packing_efficiency": result["packing_efficiency"],
+        "method": spec.config.method,
+        "steps": summary.steps,
+        "loss_first": all_losses[0] if all_losses else summary.first_loss,
+        "loss_last": summary.final_loss,
+        "validation_loss": summary.validation_loss,
+        "tokens_per_second": round(summary.tokens_per_second, 1),
+        "packing_efficiency": summary.packing_efficiency,
         "attempts": attempts,
-        "resumed_from_step": result["resumed_from_step"],
-        "mlflow_run_id": result["mlflow_run_id"],
+        "resumed_from_step": summary.resumed_from_step,
+        "mlflow_run_id": summary.mlflow_run_id,
         "loss_curve": png_markdown(curve, "training loss"),
         "uri": MetadataValue.path(str(output_dir)),
     }

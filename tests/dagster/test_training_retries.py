@@ -89,7 +89,14 @@ def _submit(
     job_id = job_id_for("router", dataset_id, sha, config)
     write_job_spec(
         store or LocalObjectStore(paths().objects),
-        JobSpec(job_id, "router", dataset_id, base_model, config.model_dump(mode="json")),
+        JobSpec(
+            job_id=job_id,
+            name="router",
+            dataset_id=dataset_id,
+            base_model=base_model,
+            base_model_sha=sha,
+            config=config,
+        ),
     )
     return job_id
 

@@ -26,7 +26,7 @@ from fineplat.registry import Registry
 from fineplat.serving.embedded import EmbeddedServingPool
 from fineplat.settings import paths
 from fineplat.storage import LocalObjectStore
-from fineplat.submission import JobSpec, job_id_for, stage_upload, write_job_spec
+from fineplat.submission import stage_upload, submit_job
 from fineplat.training.config import TrainConfig
 
 E2E_CLEAN_ROWS = 240  # as in conftest.sample_dataset
@@ -109,10 +109,7 @@ def _run_everything(
 
     base = resolve_base_model("fineplat-tiny")
     config = TrainConfig(**TEST_CONFIG)
-    job_id = job_id_for("router", dataset_id, base.sha, config)
-    write_job_spec(
-        store, JobSpec(job_id, "router", dataset_id, "fineplat-tiny", config.model_dump(mode="json"))
-    )
+    job_id = submit_job(store, name="router", dataset_id=dataset_id, base=base, config=config).job_id
     instance.add_dynamic_partitions("finetune_jobs", [job_id])
     assert (
         defs.resolve_job_def("finetune").execute_in_process(instance=instance, partition_key=job_id).success
@@ -130,9 +127,9 @@ def _run_everything(
     lineage = registry.lineage(registered["model_id"])
     assert registered["base_model_sha"] == prepared["base_model_sha"] == base.sha == lineage["base_model_sha"]
     assert registered["dataset_id"] == prepared["dataset_id"] == dataset_id == lineage["dataset"]["id"]
-    assert registered["hparams_hash"] == config.config_hash() == lineage["hparams_hash"]
+    assert registered["hparams_hash"] == config.hparams_hash() == lineage["hparams_hash"]
     assert lineage["eval_results"]["candidate_exact_match"] == evaluation["adapter_exact_match"]
-    assert lineage["job"]["id"] == job_id and lineage["job"]["config_hash"] == prepared["config_hash"]
+    assert lineage["job"]["id"] == job_id and lineage["job"]["run_identity"] == prepared["run_identity"]
     job = registry.get_job(job_id)
     assert job.status == "succeeded" and job.current_step == TEST_CONFIG["max_steps"]
     assert [m.step for m in registry.metrics(job_id, "loss")] == list(range(1, TEST_CONFIG["max_steps"] + 1))

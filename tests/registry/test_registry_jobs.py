@@ -11,7 +11,8 @@ import pytest
 
 from fineplat.errors import RegistryError
 from fineplat.hashing import hash_json
-from fineplat.registry import DatasetArtifact, Job, Metric, Registry, job_config_hash
+from fineplat.registry import DatasetArtifact, Job, Metric, Registry
+from fineplat.training.config import run_identity
 
 BASE_SHA = "b" * 64  # the factories' base model SHA (conftest.py)
 OTHER_SHA = "c" * 64
@@ -42,21 +43,21 @@ def test_create_job_records_identity_and_starts_queued(
     assert (job.status, job.attempts, job.current_step, job.error) == ("queued", 0, 0, None)
     assert (job.dagster_run_id, job.mlflow_run_id) == ("run-abc", None)
     assert job.config == CONFIG
-    assert job.config_hash == hash_json(
+    assert job.run_identity == hash_json(
         {"method": "lora", "config": CONFIG, "base_model_sha": BASE_SHA, "dataset_id": DATASET_ID}
     )
-    assert job.config_hash == job_config_hash("lora", CONFIG, BASE_SHA, DATASET_ID)
+    assert job.run_identity == run_identity("lora", CONFIG, BASE_SHA, DATASET_ID)
     assert dataset_registry.get_job("job-1") == job
 
 
 def test_run_identity_changes_with_each_input() -> None:
-    base = job_config_hash("lora", CONFIG, BASE_SHA, DATASET_ID)
-    assert job_config_hash("lora", dict(reversed(CONFIG.items())), BASE_SHA, DATASET_ID) == base  # key order
+    base = run_identity("lora", CONFIG, BASE_SHA, DATASET_ID)
+    assert run_identity("lora", dict(reversed(CONFIG.items())), BASE_SHA, DATASET_ID) == base  # key order
     others = {
-        job_config_hash("full", CONFIG, BASE_SHA, DATASET_ID),
-        job_config_hash("lora", {**CONFIG, "lora_r": 16}, BASE_SHA, DATASET_ID),
-        job_config_hash("lora", CONFIG, OTHER_SHA, DATASET_ID),
-        job_config_hash("lora", CONFIG, BASE_SHA, "e" * 64),
+        run_identity("full", CONFIG, BASE_SHA, DATASET_ID),
+        run_identity("lora", {**CONFIG, "lora_r": 16}, BASE_SHA, DATASET_ID),
+        run_identity("lora", CONFIG, OTHER_SHA, DATASET_ID),
+        run_identity("lora", CONFIG, BASE_SHA, "e" * 64),
     }
     assert len(others) == 4 and base not in others
 
@@ -83,15 +84,15 @@ def test_identical_submission_finds_the_succeeded_run(
     dataset_registry: Registry, add_job: JobFactory
 ) -> None:
     first = add_job(dataset_registry, "job-1")
-    assert dataset_registry.find_succeeded_job(first.config_hash) is None  # queued is not reusable
+    assert dataset_registry.find_succeeded_job(first.run_identity) is None  # queued is not reusable
     dataset_registry.update_job("job-1", status="failed", error="CUDA out of memory")
     second = add_job(dataset_registry, "job-2")  # resubmitted: same identity
-    assert second.config_hash == first.config_hash
-    assert dataset_registry.find_succeeded_job(first.config_hash) is None  # failed is not reusable
+    assert second.run_identity == first.run_identity
+    assert dataset_registry.find_succeeded_job(first.run_identity) is None  # failed is not reusable
     dataset_registry.update_job("job-2", status="succeeded")
-    found = dataset_registry.find_succeeded_job(first.config_hash)
+    found = dataset_registry.find_succeeded_job(first.run_identity)
     assert found is not None and (found.id, found.status) == ("job-2", "succeeded")
-    assert dataset_registry.find_succeeded_job(job_config_hash("lora", CONFIG, OTHER_SHA, DATASET_ID)) is None
+    assert dataset_registry.find_succeeded_job(run_identity("lora", CONFIG, OTHER_SHA, DATASET_ID)) is None
 
 
 def test_most_recent_success_wins(dataset_registry: Registry, add_job: JobFactory) -> None:
@@ -100,7 +101,7 @@ def test_most_recent_success_wins(dataset_registry: Registry, add_job: JobFactor
     dataset_registry.update_job("job-2", status="succeeded")
     time.sleep(0.01)  # distinct updated_at
     last = dataset_registry.update_job("job-1", status="succeeded")
-    found = dataset_registry.find_succeeded_job(last.config_hash)
+    found = dataset_registry.find_succeeded_job(last.run_identity)
     assert found is not None and found.id == "job-1"
 
 
@@ -113,7 +114,7 @@ def test_update_job_changes_progress_fields(dataset_registry: Registry, add_job:
     assert (updated.status, updated.attempts, updated.current_step) == ("running", 2, 150)
     assert (updated.mlflow_run_id, updated.dagster_run_id) == ("mlf-1", "run-2")
     assert updated.updated_at > created.updated_at and updated.created_at == created.created_at
-    assert updated.config_hash == created.config_hash
+    assert updated.run_identity == created.run_identity
     assert dataset_registry.get_job("job-1") == updated
 
 

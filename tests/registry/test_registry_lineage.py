@@ -59,7 +59,7 @@ def test_lineage_names_base_model_dataset_job_evaluation_and_stages(
             "method": "lora",
             "status": "succeeded",
             "config": {"learning_rate": 2e-4, "lora_r": 8, "epochs": 1},
-            "config_hash": job.config_hash,
+            "run_identity": job.run_identity,
             "dagster_run_id": "run-abc",
             "mlflow_run_id": "mlf-1",
         },
