@@ -19,7 +19,7 @@ from dagster import (
 
 from fineplat.basemodel import load_tokenizer, resolve_base_model
 from fineplat.ingestion import read_parquet
-from fineplat.packing.build import build_training_data, read_manifest
+from fineplat.packing.build import build_training_data
 from fineplat.registry import job_config_hash
 from fineplat.storage import LocalObjectStore, local_path
 from fineplat.submission import read_job_spec
@@ -207,8 +207,3 @@ def _trained_metadata(
 def holdout_records(data_dir: Path) -> list[str]:
     """The task-holdout records of a job's training data."""
     return pl.read_parquet(data_dir / "holdout.parquet").get_column("record").to_list()
-
-
-def training_manifest(data_dir: Path):  # type: ignore[no-untyped-def]
-    """The training-data manifest (re-exported for the evaluation assets)."""
-    return read_manifest(data_dir)
