@@ -1,7 +1,7 @@
 """The fine-tune job's typed configuration. Its canonical hash, with the base model SHA and the
 dataset version, identifies a run: an identical second submission reuses the first's result.
 
-    fineplat train --method lora --dataset <id> --base-model fineplat-tiny --n-epochs 3
+    fineplat jobs submit --name support-router --dataset ds-… --config '{"method": "lora", "n_epochs": 3}'
 """
 
 from __future__ import annotations
