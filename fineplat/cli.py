@@ -4,8 +4,9 @@ jobs, compare runs, serve adapters and work with the registry, without opening t
     fineplat base-model build
     fineplat datasets validate data.jsonl --base-model fineplat-tiny
     fineplat datasets upload data.jsonl --name support-router
-    fineplat jobs submit --name support-router --dataset ds-… --method lora
+    fineplat jobs submit --name support-router --dataset ds-… --config '{"method": "lora"}'
     fineplat runs compare JOB JOB
+    fineplat registry list
     fineplat serve --base-model fineplat-tiny --port 8000
 """
 

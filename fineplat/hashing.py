@@ -22,11 +22,6 @@ def hash_json(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
-def hash_bytes(data: bytes) -> str:
-    """SHA-256 of raw bytes."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def hash_file(path: Path) -> str:
     """SHA-256 of one file's bytes, read in chunks."""
     digest = hashlib.sha256()

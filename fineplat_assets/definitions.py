@@ -14,14 +14,11 @@ from fineplat_assets.ingestion.assets import (
     raw_dataset,
     validated_dataset,
 )
-from fineplat_assets.jobs import (
-    dataset_upload_sensor,
-    finetune_job,
-    finetune_submission_sensor,
-    ingestion_job,
-)
+from fineplat_assets.jobs import finetune_job, ingestion_job
 from fineplat_assets.resources import build_resources
-from fineplat_assets.serving.sensors import deploy_adapter_job, promote_adapters_sensor, rollback_adapter_job
+from fineplat_assets.sensors import dataset_upload_sensor, finetune_submission_sensor
+from fineplat_assets.serving.jobs import deploy_adapter_job, rollback_adapter_job
+from fineplat_assets.serving.sensors import promote_adapters_sensor
 from fineplat_assets.training.assets import adapter, training_data
 
 defs = Definitions(

@@ -39,6 +39,19 @@ DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
 }
 
+# What the demo hides, for itself and the trainer and serving processes it starts (they inherit the
+# environment): library warnings and progress bars a newcomer cannot act on. The demo's own progress
+# lines, Dagster's step logs (training loss every few steps) and the summary stay. Each variable is
+# only a default: set it in the environment to see the output again.
+QUIET_ENVIRONMENT = {
+    "PYTHONWARNINGS": "ignore",  # deprecation / future warnings from transformers, peft, dagster
+    "TRANSFORMERS_VERBOSITY": "error",  # transformers' advisory log lines
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # "Loading weights" / "Writing model shards" bars (transformers reads it too)
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables..."
+}
+# bitsandbytes warns on import, on CPUs with AVX512-BF16, that the optional `kernels` package is missing.
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
 
 def _prepare_instance() -> Any:
     home = paths()
@@ -64,10 +77,33 @@ def _metadata(instance: Any, asset: str, partition: str) -> dict[str, Any]:
     raise RuntimeError(f"no materialization of {asset} for partition {partition}")
 
 
+def _quiet_third_party() -> None:
+    """Hide third-party noise in this process and, through the environment, in the processes it
+    starts (which read these settings when they import the libraries)."""
+    import logging
+
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if not torch.cuda.is_available():
+        # What DeepSpeed would detect anyway, minus its "Setting accelerator to CPU" warning.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    warnings.filterwarnings("ignore")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # transformers is already imported here (through the sample dataset module), too early for the
+    # variables above to reach this process: apply them directly.
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        transformers_logging.disable_progress_bar()
+    if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+        transformers_logging.set_verbosity_error()
+
+
 def main() -> None:
     """Run the demo end to end and print the summary."""
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _quiet_third_party()
     started = time.perf_counter()
     timings: dict[str, float] = {}
     instance = _prepare_instance()

@@ -3,11 +3,14 @@ partitions, and `runs compare` prints hyperparameters and final metrics side by 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from dagster import DagsterInstance
 from typer.testing import CliRunner
 
+import fineplat.cli
+import fineplat.training.config
 from fineplat.basemodel import BaseModelInfo
 from fineplat.cli import app
 from fineplat.registry import Registry
@@ -85,3 +88,19 @@ def test_upload_submit_and_compare(
     assert compared.exit_code == 0, compared.output
     assert "learning_rate_multiplier" in compared.output
     assert "2.5" in compared.output and "1.25" in compared.output
+
+
+def test_every_advertised_command_line_parses() -> None:
+    """The usage lines in the CLI's and the job configuration's docstrings name commands and options
+    that exist: each parses (with `--help` appended, so nothing runs)."""
+    runner = CliRunner()
+    usage_lines = [
+        line.strip()
+        for module in (fineplat.cli, fineplat.training.config)
+        for line in (module.__doc__ or "").splitlines()
+        if line.strip().startswith("fineplat ")
+    ]
+    assert len(usage_lines) == 8
+    for line in usage_lines:
+        result = runner.invoke(app, [*shlex.split(line)[1:], "--help"])
+        assert result.exit_code == 0, f"{line!r}: {result.output}"

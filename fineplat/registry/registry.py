@@ -20,6 +20,7 @@ it. Every change, including such a demotion and the registration itself, is in t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -30,7 +31,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -50,6 +51,7 @@ from fineplat.registry.models import (
     MODEL_KINDS,
     MODEL_STAGES,
     VERSION_TABLE,
+    Base,
     DatasetArtifactRow,
     ModelArtifactRow,
     RunMetricRow,
@@ -81,6 +83,8 @@ LEGAL_TRANSITIONS: dict[str, frozenset[str]] = {
 GATED_STAGES = frozenset({"staging", "production"})
 UPDATABLE_JOB_FIELDS = ("status", "attempts", "current_step", "error", "dagster_run_id", "mlflow_run_id")
 REGISTRATION_REASON = "registered"
+# The frozen snapshots the registry hands out (fineplat.registry.artifacts), one per table.
+ArtifactT = TypeVar("ArtifactT", DatasetArtifact, Job, Metric, ModelArtifact, StageChange)
 
 
 def alembic_config(url: str) -> Config:
@@ -174,72 +178,20 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _dataset(row: DatasetArtifactRow) -> DatasetArtifact:
-    return DatasetArtifact(
-        id=row.id,
-        name=row.name,
-        version=row.version,
-        uri=row.uri,
-        row_count=row.row_count,
-        token_count=row.token_count,
-        dedup_removed=row.dedup_removed,
-        contamination_flagged=row.contamination_flagged,
-        quarantined=row.quarantined,
-        schema_kind=row.schema_kind,
-        report=dict(row.report),
-        created_at=_utc(row.created_at),
-    )
-
-
-def _job(row: TrainingJobRow) -> Job:
-    return Job(
-        id=row.id,
-        method=row.method,
-        base_model=row.base_model,
-        base_model_sha=row.base_model_sha,
-        dataset_id=row.dataset_id,
-        config=dict(row.config),
-        run_identity=row.run_identity,
-        status=row.status,
-        attempts=row.attempts,
-        current_step=row.current_step,
-        error=row.error,
-        dagster_run_id=row.dagster_run_id,
-        mlflow_run_id=row.mlflow_run_id,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
-    )
-
-
-def _model(row: ModelArtifactRow) -> ModelArtifact:
-    return ModelArtifact(
-        id=row.id,
-        name=row.name,
-        version=row.version,
-        job_id=row.job_id,
-        base_model_sha=row.base_model_sha,
-        dataset_id=row.dataset_id,
-        hparams_hash=row.hparams_hash,
-        kind=row.kind,
-        uri=row.uri,
-        stage=row.stage,
-        eval_results=dict(row.eval_results),
-        gates_passed=bool(row.gates_passed),
-        serving_name=row.serving_name,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
-    )
-
-
-def _stage_change(row: StageTransitionRow) -> StageChange:
-    return StageChange(
-        model_id=row.model_id,
-        from_stage=row.from_stage,
-        to_stage=row.to_stage,
-        actor=row.actor,
-        reason=row.reason,
-        at=_utc(row.at),
-    )
+def _snapshot(artifact: type[ArtifactT], row: Base) -> ArtifactT:
+    """The frozen artifact of an ORM row, copied field by field by name, so one mapper serves every
+    table and a column added to both the row and the artifact needs no mapping code. Timestamps
+    come back in UTC whichever backend stored them; JSON columns are copied so the snapshot shares
+    no mutable state with the session that loaded it."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(artifact):
+        value = getattr(row, field.name)
+        if isinstance(value, datetime):
+            value = _utc(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        values[field.name] = value
+    return artifact(**values)
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -400,7 +352,7 @@ class Registry:
                 self._lock_name(session, DatasetArtifactRow.__tablename__, name)
                 existing = session.get(DatasetArtifactRow, dataset_id)
                 if existing is not None:
-                    return _dataset(existing)
+                    return _snapshot(DatasetArtifact, existing)
                 row = DatasetArtifactRow(
                     id=dataset_id,
                     name=name,
@@ -417,7 +369,7 @@ class Registry:
                     session.rollback()
                     last_error = exc
                     continue
-                return _dataset(row)
+                return _snapshot(DatasetArtifact, row)
         raise RegistryError(
             f"could not register dataset {dataset_id!r} as a new version of {name!r}: concurrent registrations "
             f"won the race for the next version number {VERSION_RACE_RETRIES} times ({last_error}); retry"
@@ -431,7 +383,7 @@ class Registry:
                 raise RegistryError(
                     f"dataset {dataset_id!r} is not registered in {self.url}; register it with register_dataset"
                 )
-            return _dataset(row)
+            return _snapshot(DatasetArtifact, row)
 
     def _next_version(
         self, session: Session, table: type[DatasetArtifactRow] | type[ModelArtifactRow], name: str
@@ -500,7 +452,7 @@ class Registry:
                 session.add(row)
                 try:
                     session.commit()
-                    return _job(row)
+                    return _snapshot(Job, row)
                 except sa.exc.IntegrityError:  # created concurrently under the same id
                     session.rollback()
                     existing = session.get(TrainingJobRow, job_id)
@@ -512,12 +464,12 @@ class Registry:
                     f"({existing.run_identity[:12]}…, new {identity[:12]}…); submit the new configuration "
                     "under a new job id"
                 )
-            return _job(existing)
+            return _snapshot(Job, existing)
 
     def get_job(self, job_id: str) -> Job:
         """The job with this id; RegistryError if there is none."""
         with self._session() as session:
-            return _job(self._job_row(session, job_id))
+            return _snapshot(Job, self._job_row(session, job_id))
 
     def _job_row(self, session: Session, job_id: str) -> TrainingJobRow:
         row = session.get(TrainingJobRow, job_id)
@@ -537,7 +489,7 @@ class Registry:
                 .order_by(TrainingJobRow.updated_at.desc(), TrainingJobRow.id)
                 .limit(1)
             ).first()
-            return None if row is None else _job(row)
+            return None if row is None else _snapshot(Job, row)
 
     def update_job(self, job_id: str, **fields: Any) -> Job:
         """Change a job's progress fields: status (one of JOB_STATUSES), attempts, current_step,
@@ -562,7 +514,7 @@ class Registry:
                 setattr(row, field, value)
             row.updated_at = utcnow()
             session.commit()
-            return _job(row)
+            return _snapshot(Job, row)
 
     # -- metrics -------------------------------------------------------------------------------
 
@@ -613,16 +565,7 @@ class Registry:
             if name is not None:
                 query = query.where(RunMetricRow.name == name)
             rows = session.scalars(query.order_by(RunMetricRow.name, RunMetricRow.step)).all()
-            return [
-                Metric(
-                    job_id=row.job_id,
-                    step=row.step,
-                    name=row.name,
-                    value=row.value,
-                    created_at=_utc(row.created_at),
-                )
-                for row in rows
-            ]
+            return [_snapshot(Metric, row) for row in rows]
 
     # -- models --------------------------------------------------------------------------------
 
@@ -720,7 +663,7 @@ class Registry:
                     session.rollback()
                     last_error = exc
                     continue
-                return _model(row)
+                return _snapshot(ModelArtifact, row)
         raise RegistryError(
             f"could not register model {model_id!r} as a new version of {name!r}: concurrent registrations won "
             f"the race {VERSION_RACE_RETRIES} times ({last_error}); retry"
@@ -765,7 +708,7 @@ class Registry:
                 "names one artifact, register the new one under another id (or leave model_id unset)"
             )
         if row.eval_results == evaluation and bool(row.gates_passed) == gates_passed:
-            return _model(row)
+            return _snapshot(ModelArtifact, row)
         if row.stage != "dev":
             raise RegistryError(
                 f"model {row.id!r} is in {row.stage}; its evaluation is frozen because the promotion was decided "
@@ -775,12 +718,12 @@ class Registry:
         row.gates_passed = gates_passed
         row.updated_at = utcnow()
         session.commit()
-        return _model(row)
+        return _snapshot(ModelArtifact, row)
 
     def get_model(self, model_id: str) -> ModelArtifact:
         """The model with this id; RegistryError if there is none."""
         with self._session() as session:
-            return _model(self._model_row(session, model_id))
+            return _snapshot(ModelArtifact, self._model_row(session, model_id))
 
     def _model_row(self, session: Session, model_id: str) -> ModelArtifactRow:
         row = session.get(ModelArtifactRow, model_id)
@@ -801,7 +744,7 @@ class Registry:
             query = query.where(ModelArtifactRow.name == name)
         with self._session() as session:
             rows = session.scalars(query.order_by(ModelArtifactRow.name, ModelArtifactRow.version)).all()
-            return [_model(row) for row in rows]
+            return [_snapshot(ModelArtifact, row) for row in rows]
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -853,7 +796,7 @@ class Registry:
                 if not self._set_stage(session, model_id, from_stage, to_stage, actor, reason, now):
                     raise RegistryError(lost_race)
                 # The snapshot is the state this transaction wrote, even if another one moves it next.
-                moved = replace(_model(row), stage=to_stage, updated_at=now)
+                moved = replace(_snapshot(ModelArtifact, row), stage=to_stage, updated_at=now)
                 session.commit()
             except sa.exc.IntegrityError as exc:  # the one-production-per-name index: another promotion won
                 raise RegistryError(lost_race) from exc
@@ -900,7 +843,7 @@ class Registry:
                 .where(StageTransitionRow.model_id == model_id)
                 .order_by(StageTransitionRow.id)
             ).all()
-            return [_stage_change(row) for row in rows]
+            return [_snapshot(StageChange, row) for row in rows]
 
     # -- lineage -------------------------------------------------------------------------------
 

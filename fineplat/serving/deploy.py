@@ -5,7 +5,6 @@ production version the same way. The registry is the source of truth; the pool f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from fineplat.errors import RegistryError
@@ -90,8 +89,3 @@ def rollback(
             f"{name}: no earlier production version to roll back to (see `fineplat registry list`)"
         )
     return _swap_in(registry, client, candidates[0], actor, "rollback")
-
-
-def model_local_dir(model: ModelArtifact) -> Path:
-    """The local directory of a model whose URI is a file:// URI."""
-    return Path(adapter_path(model.uri))

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -33,6 +33,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from fineplat.basemodel import load_base_model, load_tokenizer
 from fineplat.errors import ServingError
 from fineplat.serving.errors import AdapterAlreadyLoadedError, ModelNotFoundError
+from fineplat.serving.protocol import FinishReason
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # peft save_pretrained outputs
 # How many batch records `stats()` keeps: enough to see recent batching behaviour, bounded memory.
 RECENT_BATCHES_KEPT = 256
-
-FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)

@@ -9,157 +9,64 @@ against this CPU server in tests and against a vLLM pool in production.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fineplat.errors import ServingError
-from fineplat.serving.engine import GenerationRequest, GenerationResult, MultiLoraEngine
+from fineplat.serving.engine import EngineStats, GenerationRequest, GenerationResult, MultiLoraEngine
 from fineplat.serving.errors import AdapterAlreadyLoadedError, ModelNotFoundError
+from fineplat.serving.protocol import (
+    ChatCompletionMessageParam,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionStreamResponse,
+    DeltaMessage,
+    ErrorInfo,
+    ErrorResponse,
+    FinishReason,
+    LoadLoRAAdapterRequest,
+    ModelCard,
+    ModelList,
+    SamplingRequest,
+    UnloadLoRAAdapterRequest,
+    UsageInfo,
+)
 
 logger = logging.getLogger(__name__)
 
-# OpenAI's documented default for /v1/completions max_tokens (vLLM uses the same); chat defaults to
-# the rest of the context window, as vLLM does.
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # OpenAI's defaults when a request omits them (vLLM falls back to these too).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
-OWNED_BY = "fineplat"
-
-
-# ----------------------------------------------------------------------------- request bodies
-
-
-class _Body(BaseModel):
-    # vLLM accepts (and ignores with a log line) fields it does not know; so do we.
-    model_config = ConfigDict(extra="ignore")
-
-
-class LoadLoRAAdapterRequest(_Body):
-    """vLLM's `POST /v1/load_lora_adapter` body."""
-
-    lora_name: str
-    lora_path: str
-    load_inplace: bool = False  # newer vLLM: replace weights under a loaded name; refused here
-
-
-class UnloadLoRAAdapterRequest(_Body):
-    """vLLM's `POST /v1/unload_lora_adapter` body (`lora_int_id` is accepted and unused, as in vLLM)."""
-
-    lora_name: str
-    lora_int_id: int | None = None
-
-
-class _SamplingBody(_Body):
-    model: str
-    temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = 1
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None  # {"include_usage": true} adds a final usage chunk
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
-
-    def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
-    def unsupported(self) -> list[tuple[str, str]]:
-        """(field, reason) for options this pool does not implement: rejected, never silently ignored."""
-        problems = []
-        if self.n != 1:
-            problems.append(
-                ("n", f"n={self.n}: the embedded serving pool returns one choice per prompt; send n=1.")
-            )
-        if self.presence_penalty or self.frequency_penalty:
-            problems.append(
-                ("presence_penalty", "presence_penalty/frequency_penalty are not supported; send 0.")
-            )
-        if self.logit_bias:
-            problems.append(("logit_bias", "logit_bias is not supported by the embedded serving pool."))
-        return problems
-
-
-class CompletionRequest(_SamplingBody):
-    """OpenAI `POST /v1/completions` body (text prompts; one choice per prompt)."""
-
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=COMPLETIONS_DEFAULT_MAX_TOKENS, ge=1)
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
-
-    def unsupported(self) -> list[tuple[str, str]]:
-        problems = super().unsupported()
-        if self.echo:
-            problems.append(("echo", "echo=true is not supported by the embedded serving pool."))
-        if self.logprobs is not None:
-            problems.append(("logprobs", "logprobs are not supported by the embedded serving pool."))
-        if self.best_of not in (None, 1):
-            problems.append(("best_of", "best_of > 1 is not supported by the embedded serving pool."))
-        if self.suffix:
-            problems.append(("suffix", "suffix is not supported by the embedded serving pool."))
-        if self.stream and not isinstance(self.prompt, str):
-            problems.append(
-                ("prompt", "stream=true takes a single prompt string; send one request per prompt.")
-            )
-        return problems
-
-
-class ChatMessage(_Body):
-    """One chat message; `content` may be a string or OpenAI content parts of type "text"."""
-
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-
-
-class ChatCompletionRequest(_SamplingBody):
-    """OpenAI `POST /v1/chat/completions` body (`max_completion_tokens` wins over `max_tokens`)."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
-
-    def unsupported(self) -> list[tuple[str, str]]:
-        problems = super().unsupported()
-        if self.logprobs:
-            problems.append(("logprobs", "logprobs are not supported by the embedded serving pool."))
-        if self.tools:
-            problems.append(("tools", "tool calling is not supported by the embedded serving pool."))
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            problems.append(("response_format", "only response_format {'type': 'text'} is supported."))
-        return problems
 
 
 # ----------------------------------------------------------------------------- errors
 
 
+def _error_body(status: int, message: str, err_type: str, param: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=ErrorInfo(message=message, type=err_type, param=param, code=status))
+
+
 def _error(status: int, message: str, err_type: str, param: str | None = None) -> JSONResponse:
-    """vLLM's (and OpenAI's) error body: {"error": {"message", "type", "param", "code"}}."""
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-    return JSONResponse(status_code=status, content=body)
+    """An error answered in vLLM's (and OpenAI's) shape, `ErrorResponse`."""
+    return JSONResponse(
+        status_code=status, content=_error_body(status, message, err_type, param).model_dump()
+    )
 
 
 def _status_type(status: int) -> str:
@@ -220,19 +127,19 @@ def _install_error_handlers(app: FastAPI) -> None:
 # ----------------------------------------------------------------------------- app
 
 
-def _usage(results: list[GenerationResult]) -> dict[str, int]:
-    prompt = sum(result.prompt_tokens for result in results)
-    completion = sum(result.completion_tokens for result in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(results: list[GenerationResult]) -> UsageInfo:
+    return UsageInfo.of(
+        sum(result.prompt_tokens for result in results), sum(result.completion_tokens for result in results)
+    )
 
 
-def _reject_unsupported(body: _SamplingBody) -> None:
+def _reject_unsupported(body: SamplingRequest) -> None:
     problems = body.unsupported()
     if problems:
         raise _InvalidField(*problems[0])
 
 
-def _message_text(message: ChatMessage) -> str:
+def _message_text(message: ChatCompletionMessageParam) -> str:
     if message.content is None or isinstance(message.content, str):
         return message.content or ""
     parts = []
@@ -245,14 +152,37 @@ def _message_text(message: ChatMessage) -> str:
     return "".join(parts)
 
 
+def _generation_request(
+    body: SamplingRequest,
+    max_tokens: int | None,
+    *,
+    prompt: str | None = None,
+    messages: list[dict[str, str]] | None = None,
+) -> GenerationRequest:
+    """The engine request for one prompt or conversation, with OpenAI's defaults for what was omitted."""
+    return GenerationRequest(
+        model=body.model,
+        prompt=prompt,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
+        top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stop_strings(),
+    )
+
+
 async def _run(engine: MultiLoraEngine, requests: list[GenerationRequest]) -> list[GenerationResult]:
     """Queue every request before awaiting any, so a multi-prompt call is batched with others."""
     futures = [engine.submit(request) for request in requests]
     return [await asyncio.wrap_future(future) for future in futures]
 
 
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+StreamChunk = CompletionStreamResponse | ChatCompletionStreamResponse
+
+
+def _sse(payload: StreamChunk | ErrorResponse | str) -> str:
+    data = payload if isinstance(payload, str) else payload.model_dump_json()
     return f"data: {data}\n\n"
 
 
@@ -262,14 +192,14 @@ _END_OF_STREAM = object()
 def _stream(
     engine: MultiLoraEngine,
     request: GenerationRequest,
-    body: _SamplingBody,
-    chunk: Callable[[dict[str, Any]], dict[str, Any]],
+    body: SamplingRequest,
+    chunk: Callable[[str, FinishReason | None], StreamChunk],
 ) -> StreamingResponse:
     """Server-sent events as vLLM and OpenAI send them: one chunk per text delta, a last chunk with
     the finish reason, a usage chunk if `stream_options.include_usage`, then `data: [DONE]`.
 
-    `chunk(choice_fields)` wraps the per-choice fields ({"text"} or {"delta"} plus "finish_reason")
-    in the endpoint's chunk object. Validation errors raise before the response starts (plain 400).
+    `chunk(text, finish_reason)` builds the endpoint's chunk. Validation errors raise before the
+    response starts (plain 400); an engine failure after it started is sent in-band, as vLLM does.
     """
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[object] = asyncio.Queue()
@@ -279,33 +209,31 @@ def _stream(
 
     future = engine.submit(request, on_text=on_text)
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, _END_OF_STREAM))
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
 
     async def events() -> AsyncIterator[str]:
         while (piece := await pieces.get()) is not _END_OF_STREAM:
-            yield _sse(chunk({"text": piece, "finish_reason": None}))
+            yield _sse(chunk(str(piece), None))
         try:
             result = future.result()
-        except Exception as exc:  # the stream has started: report in-band, as vLLM does
+        except Exception as exc:
             status = 404 if isinstance(exc, ModelNotFoundError) else 500
-            yield _sse(
-                {"error": {"message": str(exc), "type": _status_type(status), "param": None, "code": status}}
-            )
+            yield _sse(_error_body(status, str(exc), _status_type(status)))
         else:
-            yield _sse(chunk({"text": "", "finish_reason": result.finish_reason}))
-            if include_usage:
-                yield _sse(
-                    {**chunk({"text": "", "finish_reason": None}), "choices": [], "usage": _usage([result])}
-                )
+            yield _sse(chunk("", result.finish_reason))
+            if body.include_usage():
+                yield _sse(chunk("", None).model_copy(update={"choices": [], "usage": _usage([result])}))
         yield _sse("[DONE]")
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def create_app(engine: MultiLoraEngine) -> FastAPI:
-    """A FastAPI app serving `engine` with vLLM's endpoints. The caller owns and closes the engine."""
+    """A FastAPI app serving `engine` with vLLM's endpoints. The caller owns and closes the engine.
+    Bodies in and out are the models of `fineplat.serving.protocol`; the routes only translate."""
     app = FastAPI(
-        title="fineplat serving pool", description="vLLM-compatible multi-LoRA serving (embedded, CPU)."
+        title="fineplat serving pool",
+        description="vLLM-compatible multi-LoRA serving (embedded, CPU).",
+        responses={status: {"model": ErrorResponse} for status in (400, 404, 500)},
     )
     _install_error_handlers(app)
 
@@ -315,34 +243,25 @@ def create_app(engine: MultiLoraEngine) -> FastAPI:
         return Response(status_code=200)
 
     @app.get("/v1/models")
-    def list_models() -> dict[str, Any]:
+    def list_models() -> ModelList:
         """The base model card, then one card per adapter (`parent` = base id, `root` = lora path)."""
-        cards = [
-            {
-                "id": engine.model_id,
-                "object": "model",
-                "created": engine.created,
-                "owned_by": OWNED_BY,
-                "root": str(engine.base_model_dir),
-                "parent": None,
-                "max_model_len": engine.max_model_len,
-                "permission": [],
-            }
-        ]
-        for adapter in engine.adapters():
-            cards.append(
-                {
-                    "id": adapter.name,
-                    "object": "model",
-                    "created": adapter.created,
-                    "owned_by": OWNED_BY,
-                    "root": adapter.path,
-                    "parent": adapter.parent,
-                    "max_model_len": engine.max_model_len,
-                    "permission": [],
-                }
+        base = ModelCard(
+            id=engine.model_id,
+            created=engine.created,
+            root=str(engine.base_model_dir),
+            max_model_len=engine.max_model_len,
+        )
+        adapters = [
+            ModelCard(
+                id=adapter.name,
+                created=adapter.created,
+                root=adapter.path,
+                parent=adapter.parent,
+                max_model_len=engine.max_model_len,
             )
-        return {"object": "list", "data": cards}
+            for adapter in engine.adapters()
+        ]
+        return ModelList(data=[base, *adapters])
 
     @app.post("/v1/load_lora_adapter")
     def load_lora_adapter(body: LoadLoRAAdapterRequest) -> PlainTextResponse:
@@ -364,112 +283,78 @@ def create_app(engine: MultiLoraEngine) -> FastAPI:
         engine.unload_adapter(body.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Any:
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(body: CompletionRequest) -> CompletionResponse | StreamingResponse:
         """OpenAI text completion; a list of prompts yields one choice per prompt, in order."""
         _reject_unsupported(body)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        prompts = body.prompts()
         if not prompts:
             raise _InvalidField("prompt", "prompt: expected a string or a non-empty list of strings.")
-        requests = [
-            GenerationRequest(
-                model=body.model,
-                prompt=prompt,
-                max_tokens=body.max_tokens,
-                temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-                top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
-                seed=body.seed,
-                stop=body.stop_strings(),
-            )
-            for prompt in prompts
-        ]
+        requests = [_generation_request(body, body.max_tokens, prompt=prompt) for prompt in prompts]
         completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
 
-            def text_chunk(choice: dict[str, Any]) -> dict[str, Any]:
-                return {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [{"index": 0, "logprobs": None, **choice}],
-                }
+            def text_chunk(text: str, finish_reason: FinishReason | None) -> CompletionStreamResponse:
+                choice = CompletionResponseChoice(index=0, text=text, finish_reason=finish_reason)
+                return CompletionStreamResponse(
+                    id=completion_id, created=created, model=body.model, choices=[choice]
+                )
 
             return _stream(engine, requests[0], body, text_chunk)
         results = await _run(engine, requests)
-        return {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {"index": index, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
+        return CompletionResponse(
+            id=completion_id,
+            created=created,
+            model=body.model,
+            choices=[
+                CompletionResponseChoice(index=index, text=result.text, finish_reason=result.finish_reason)
                 for index, result in enumerate(results)
             ],
-            "usage": _usage(results),
-        }
+            usage=_usage(results),
+        )
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Any:
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+    async def chat_completions(body: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
         """OpenAI chat completion, rendered with the base model's own chat template."""
         _reject_unsupported(body)
         messages = [{"role": message.role, "content": _message_text(message)} for message in body.messages]
-        request = GenerationRequest(
-            model=body.model,
-            messages=messages,
-            max_tokens=body.max_completion_tokens or body.max_tokens,
-            temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
-            top_p=DEFAULT_TOP_P if body.top_p is None else body.top_p,
-            seed=body.seed,
-            stop=body.stop_strings(),
-        )
+        request = _generation_request(body, body.max_completion_tokens or body.max_tokens, messages=messages)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             first = True
 
-            def chat_chunk(choice: dict[str, Any]) -> dict[str, Any]:
+            def chat_chunk(text: str, finish_reason: FinishReason | None) -> ChatCompletionStreamResponse:
                 nonlocal first
-                delta: dict[str, Any] = {"content": choice["text"]} if choice["text"] or first else {}
-                if first:
-                    delta = {"role": "assistant", **delta}
-                    first = False
-                return {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": delta,
-                            "logprobs": None,
-                            "finish_reason": choice["finish_reason"],
-                        }
-                    ],
-                }
+                # The first chunk carries the role; a later chunk without new text has an empty delta.
+                delta = (
+                    DeltaMessage(role="assistant", content=text)
+                    if first
+                    else DeltaMessage(content=text or None)
+                )
+                first = False
+                choice = ChatCompletionResponseStreamChoice(index=0, delta=delta, finish_reason=finish_reason)
+                return ChatCompletionStreamResponse(
+                    id=completion_id, created=created, model=body.model, choices=[choice]
+                )
 
             return _stream(engine, request, body, chat_chunk)
         (result,) = await _run(engine, [request])
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "logprobs": None,
-                    "finish_reason": result.finish_reason,
-                }
+        return ChatCompletionResponse(
+            id=completion_id,
+            created=created,
+            model=body.model,
+            choices=[
+                ChatCompletionResponseChoice(
+                    index=0, message=ChatMessage(content=result.text), finish_reason=result.finish_reason
+                )
             ],
-            "usage": _usage([result]),
-        }
+            usage=_usage([result]),
+        )
 
     @app.get("/stats")
-    def stats() -> dict[str, Any]:
+    def stats() -> EngineStats:
         """Batching counters (fineplat only; vLLM's /metrics is Prometheus text, hence another path)."""
-        return asdict(engine.stats())
+        return engine.stats()
 
     return app
 

@@ -21,7 +21,7 @@ from dagster import (
 from fineplat.basemodel import load_tokenizer, locate_base_model
 from fineplat.errors import ProtocolError
 from fineplat.ingestion import read_parquet
-from fineplat.packing.build import build_training_data, read_manifest
+from fineplat.packing.build import build_training_data
 from fineplat.registry import Registry
 from fineplat.storage import LocalObjectStore, ObjectStore, local_path
 from fineplat.submission import JobSpec, read_job_spec
@@ -235,8 +235,3 @@ def _trained_metadata(
 def holdout_records(data_dir: Path) -> list[str]:
     """The task-holdout records of a job's training data."""
     return pl.read_parquet(data_dir / "holdout.parquet").get_column("record").to_list()
-
-
-def training_manifest(data_dir: Path):  # type: ignore[no-untyped-def]
-    """The training-data manifest (re-exported for the evaluation assets)."""
-    return read_manifest(data_dir)

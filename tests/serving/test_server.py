@@ -3,6 +3,7 @@ adapters, vLLM's adapter endpoints, and vLLM's error shapes and status codes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -346,3 +347,29 @@ def test_health_is_200_with_an_empty_body_like_vllm(serving_pool: EmbeddedServin
     response = httpx.get(f"{serving_pool.url}/health")
 
     assert (response.status_code, response.content) == (200, b"")
+
+
+def test_streamed_chat_chunks_on_the_wire_carry_the_role_first_an_empty_last_delta_and_usage_last(
+    serving_pool: EmbeddedServingPool,
+) -> None:
+    body = {
+        "model": serving_pool.base_model,
+        "messages": MESSAGES,
+        "max_tokens": 4,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    with httpx.stream("POST", f"{serving_pool.url}/v1/chat/completions", json=body) as response:
+        lines = [line for line in response.iter_lines() if line]
+
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    first, finish, usage = chunks[0], chunks[-2], chunks[-1]
+    assert set(first) == {"id", "object", "created", "model", "choices"}
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert all(set(c["choices"][0]["delta"]) == {"content"} for c in chunks[1:-2])
+    assert (finish["choices"][0]["delta"], finish["choices"][0]["finish_reason"]) == ({}, "length")
+    assert (usage["choices"], usage["usage"]["completion_tokens"]) == ([], 4)
+    assert {c["id"] for c in chunks} == {first["id"]}
