@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from fineplat.basemodel import load_tokenizer, resolve_base_model
+from fineplat.basemodel import load_tokenizer, locate_base_model
 from fineplat.ingestion import (
     BenchmarkRegistry,
     blocking_problems,
@@ -126,7 +126,7 @@ def validated_dataset(context: AssetExecutionContext, object_store: ObjectStoreR
     store = object_store.get_store()
     manifest, _ = read_upload(store, context.partition_key)
     raw = pl.read_parquet(store.local(stage_key(context.partition_key, "raw")) / "raw.parquet")
-    tokenizer = load_tokenizer(resolve_base_model(manifest.base_model).path)
+    tokenizer = load_tokenizer(locate_base_model(manifest.base_model))
     result = validate_rows(raw, purpose=manifest.purpose, tokenizer=tokenizer, max_tokens=manifest.max_tokens)  # type: ignore[arg-type]
     uri = _store_stage(
         store, stage_key(context.partition_key, "validated"), result.kept, result.rejected, result.report
@@ -200,7 +200,7 @@ def decontaminated_dataset(
     if not store.exists(version_key):
         with store.writing(version_key) as out:
             write_parquet(result.kept, out / "rows.parquet")
-    tokenizer = load_tokenizer(resolve_base_model(manifest.base_model).path)
+    tokenizer = load_tokenizer(locate_base_model(manifest.base_model))
     stats = dataset_statistics(result.kept, tokenizer)
     quarantined = reports[0]["rejected"]
     artifact = registry.get_registry().register_dataset(

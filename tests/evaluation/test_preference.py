@@ -24,7 +24,7 @@ from fineplat.evaluation.preference import (
     preference_gate,
     preference_scores,
 )
-from fineplat.packing.tokenize import tokenize_text
+from fineplat.packing.tokenize import tokenize_record
 
 # Pre-training-style text the base model has learned to predict (a seed its corpus did not use).
 PASSAGES = [d for d in corpus_documents(seed=7, count=30) if isinstance(d, str)][:4]
@@ -62,13 +62,15 @@ def test_perplexity_is_lower_on_pretraining_style_text_than_on_random_letters(
     rng = random.Random(0)
     noise = perplexity(model, tokenizer, [{"text": random_letters(t, rng)} for t in PASSAGES])
     assert text.perplexity < noise.perplexity / 5
-    assert text.tokens == sum(len(tokenize_text(t, tokenizer, 10_000).input_ids) - 1 for t in PASSAGES)
+    assert text.tokens == sum(
+        len(tokenize_record("text", {"text": t}, tokenizer).input_ids) - 1 for t in PASSAGES
+    )
     assert text.rows == 4
 
 
 def test_perplexity_is_the_exponent_of_the_token_weighted_mean_nll(tiny_model: tuple[Any, Any]) -> None:
     model, tokenizer = tiny_model
-    ids = tokenize_text(PASSAGES[0], tokenizer, 10_000).input_ids
+    ids = tokenize_record("text", {"text": PASSAGES[0]}, tokenizer).input_ids
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
     nll = -torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:]).unsqueeze(1)).sum().item()
