@@ -12,6 +12,7 @@ real failure (a request of another protocol version included)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -185,9 +186,18 @@ def _write_termination_message() -> None:
         path.write_text(PREEMPTED_TERMINATION_MESSAGE)
 
 
+# Third-party loggers whose warnings a trainer's user cannot act on: bitsandbytes' CPU backend tries to
+# fetch an optional kernel from a model hub at import and warns when it cannot (it falls back to its
+# own kernel, which is what trains).
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
 def main() -> int:
     """Run one training attempt described by the launch request; return the process exit code."""
     from dagster_pipes import open_dagster_pipes
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     from fineplat.errors import FineplatError, ProtocolError
     from fineplat.registry import Registry
@@ -259,6 +269,8 @@ def main() -> int:
             packing_efficiency=result.packing_efficiency,
             validation_loss=result.validation_loss,
             resumed_from_step=result.resumed_from_step,
+            dtype=result.dtype,
+            attn_implementation=result.attn_implementation,
             wall_seconds=time.perf_counter() - started,
             mlflow_run_id=run_id,
         )

@@ -119,6 +119,8 @@ class RunSummary(_Message):
     packing_efficiency: float
     validation_loss: float | None
     resumed_from_step: int
+    dtype: str  # the precision the run computed in ("auto" resolved for its device)
+    attn_implementation: str  # the attention kernel it used ("auto" resolved likewise)
     wall_seconds: float
     mlflow_run_id: str
 

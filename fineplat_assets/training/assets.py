@@ -224,6 +224,8 @@ def _trained_metadata(
         "validation_loss": summary.validation_loss,
         "tokens_per_second": round(summary.tokens_per_second, 1),
         "packing_efficiency": summary.packing_efficiency,
+        "dtype": summary.dtype,
+        "attn_implementation": summary.attn_implementation,
         "attempts": attempts,
         "resumed_from_step": summary.resumed_from_step,
         "mlflow_run_id": summary.mlflow_run_id,

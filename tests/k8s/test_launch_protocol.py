@@ -50,6 +50,8 @@ SUMMARY = RunSummary(
     packing_efficiency=0.9,
     validation_loss=None,
     resumed_from_step=0,
+    dtype="float32",
+    attn_implementation="sdpa",
     wall_seconds=3.0,
     mlflow_run_id="run-1",
 )
