@@ -25,6 +25,9 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # `learning_rate_multiplier` as in OpenAI's fine-tuning API.
 DEFAULT_LEARNING_RATE: dict[str, float] = {"lora": 2e-4, "qlora": 2e-4, "sft": 2e-5, "cpt": 2e-5, "dpo": 5e-6}
 ADAPTER_METHODS = frozenset({"lora", "qlora", "dpo"})
+# The task-holdout metrics a chat job (sft/lora/qlora) may be gated on; `fineplat.evaluation.metrics`
+# defines each. DPO and CPT are gated on their own measures (preference accuracy, perplexity).
+EvalMetric = Literal["exact_match", "token_f1", "accuracy", "bleu", "rouge_l"]
 # `dtype` and `attn_implementation` left at AUTO take the training device's defaults, chosen by
 # `fineplat.training.device_defaults.resolve_device_choice` and recorded in the run's result.
 AUTO: Final = "auto"
@@ -60,6 +63,7 @@ class TrainConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] = AUTO  # auto: bfloat16 on (bf16) CUDA, else float32
     dpo_beta: float = Field(0.1, gt=0)  # DPO temperature (Rafailov et al. 2023)
     distributed: Literal["ddp", "fsdp", "deepspeed_zero1", "deepspeed_zero2"] = "ddp"
+    eval_metric: EvalMetric = "exact_match"  # the task-holdout metric the promotion gate compares
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod

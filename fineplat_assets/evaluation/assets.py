@@ -1,9 +1,11 @@
-"""Evaluation assets, partitioned by fine-tune job: `eval_report` scores base model and adapter on
-the task holdout and applies the gates; `registered_adapter` records the adapter with its full
+"""Evaluation assets, partitioned by fine-tune job: `eval_report` measures base model and adapter
+on the job's held-out rows by the job's method (task metric for chat methods, preference accuracy
+for DPO, perplexity for CPT) and applies the gates; `registered_adapter` records the adapter with its full
 lineage and, when every gate passed, moves it to staging for the promotion sensor. Both use the
 base model SHA the job spec pinned at submission instead of hashing the weights."""
 
 import json
+from typing import Any
 
 from dagster import (
     AssetCheckResult,
@@ -15,7 +17,8 @@ from dagster import (
 )
 
 from fineplat.basemodel import locate_base_model
-from fineplat.evaluation.report import evaluate_candidate
+from fineplat.evaluation.evaluate import evaluate_candidate
+from fineplat.evaluation.report import EvalReport
 from fineplat.registry import Registry
 from fineplat.storage import ObjectStore
 from fineplat.submission import JobSpec, read_job_spec
@@ -52,31 +55,23 @@ def _output_key(store: ObjectStore, reg: Registry, spec: JobSpec) -> str:
 def eval_report(
     context: AssetExecutionContext, object_store: ObjectStoreResource, registry: RegistryResource
 ) -> MaterializeResult:
-    """Base vs adapter on the job's task holdout (greedy decoding, exact match) and the gates."""
+    """Base vs adapter on the job's held-out rows, measured as the job's method trained for, and
+    the gates."""
     store = object_store.get_store()
     reg = registry.get_registry()
     spec = read_job_spec(store, context.partition_key)
     keys = job_keys(spec.job_id)
     records = holdout_records(store.local(keys["data"]))
     report = evaluate_candidate(
-        locate_base_model(spec.base_model), store.local(_output_key(store, reg, spec)), records
+        locate_base_model(spec.base_model), store.local(_output_key(store, reg, spec)), records, spec.config
     )
     with store.writing(keys["eval"]) as out:
         (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    table = ["| prompt | reference | base | adapter |", "|---|---|---|---|"] + [
-        f"| {s['prompt'][-60:].replace('|', '/').replace(chr(10), ' ')} | {s['reference']} | {s['base_reply'][:40]} | {s['reply'][:40]} |"
-        for s in report.samples
-    ]
-    gates_md = "\n".join(f"- {'✅' if g.passed else '❌'} **{g.name}**: {g.detail}" for g in report.gates)
+    gates_md = gates_table(report)
     return MaterializeResult(
         metadata={
-            "holdout_rows": report.holdout_rows,
-            "base_exact_match": report.base_exact_match,
-            "adapter_exact_match": report.candidate_exact_match,
-            "gain_points": round(100 * (report.candidate_exact_match - report.base_exact_match), 1),
-            "passed": report.passed,
+            **report_metadata(report),
             "gates": MetadataValue.md(gates_md),
-            "samples": MetadataValue.md("\n".join(table)),
             "uri": store.uri(keys["eval"]),
         },
         check_results=[
@@ -87,6 +82,51 @@ def eval_report(
             )
         ],
     )
+
+
+def _cell(text: str) -> str:
+    """`text` safe inside a markdown table cell."""
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def gates_table(report: EvalReport) -> str:
+    """The gates as a markdown table: name, verdict, and the numbers it was decided on."""
+    rows = [
+        f"| {g.name} | {'✅ passed' if g.passed else '❌ blocked'} | {_cell(g.detail)} |"
+        for g in report.gates
+    ]
+    return "\n".join(["| gate | passed | detail |", "|---|---|---|", *rows])
+
+
+def report_metadata(report: EvalReport) -> dict[str, Any]:
+    """The report's numbers as asset metadata: the headline metric of base and adapter, one entry
+    per gate, and for chat methods the exact-match summary and the sample replies."""
+    metadata: dict[str, Any] = {
+        "method": report.method,
+        "metric": report.metric,
+        "holdout_rows": report.holdout_rows,
+        "base_value": report.base_value,
+        "adapter_value": report.candidate_value,
+        "passed": report.passed,
+        **{
+            f"gate_{g.name}": MetadataValue.json({"passed": g.passed, "detail": g.detail, **g.values})
+            for g in report.gates
+        },
+    }
+    if "candidate_exact_match" in report.scores:
+        base, candidate = report.scores["base_exact_match"], report.scores["candidate_exact_match"]
+        metadata |= {
+            "base_exact_match": base,
+            "adapter_exact_match": candidate,
+            "gain_points": round(100 * (candidate - base), 1),
+        }
+    if report.samples:
+        table = ["| prompt | reference | base | adapter |", "|---|---|---|---|"] + [
+            f"| {_cell(s['prompt'][-60:])} | {_cell(s['reference'])} | {_cell(s['base_reply'][:40])} | {_cell(s['reply'][:40])} |"
+            for s in report.samples
+        ]
+        metadata["samples"] = MetadataValue.md("\n".join(table))
+    return metadata
 
 
 @asset(partitions_def=job_partitions, group_name=GROUP, deps=[eval_report], kinds={"sql"})

@@ -24,6 +24,7 @@ from fineplat.settings import paths
 from fineplat.storage import LocalObjectStore, ObjectStore
 from fineplat.submission import JobSpec, job_id_for, write_job_spec
 from fineplat.training.config import TrainConfig
+from fineplat_assets.evaluation.assets import eval_report, registered_adapter
 from fineplat_assets.resources import build_resources
 from fineplat_assets.training.assets import adapter, training_data
 from fineplat_resources.launcher import ComputeLauncher
@@ -201,13 +202,23 @@ def test_nan_loss_fails_without_retry(
     assert job.status == "failed" and "step 1" in (job.error or "")
 
 
+# Each method's headline metric and gate: what it was trained to do, measured on its held-out rows.
+METHOD_EVALUATION = {
+    "sft": ("exact_match", "task_holdout"),
+    "qlora": ("exact_match", "task_holdout"),
+    "dpo": ("preference_accuracy", "preference_accuracy"),
+    "cpt": ("perplexity", "heldout_perplexity"),
+}
+
+
 @pytest.mark.parametrize(
     ("method", "kind"), [("sft", "chat"), ("qlora", "chat"), ("dpo", "preference"), ("cpt", "text")]
 )
 def test_every_method_trains_through_the_asset_graph(
     fineplat_home: Path, tiny_base_model: BaseModelInfo, method: str, kind: str
 ) -> None:
-    """lora is covered above; the other four methods run through the same assets and launcher."""
+    """lora is covered above; the other four methods run through the same assets and launcher,
+    and each is evaluated by its own measure, gated, and registered with its report."""
     dataset_id = _register_dataset(48, kind)
     job_id = _submit(
         str(tiny_base_model.path),
@@ -220,12 +231,61 @@ def test_every_method_trains_through_the_asset_graph(
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("finetune_jobs", [job_id])
         result = materialize(
-            [training_data, adapter], partition_key=job_id, instance=instance, resources=build_resources()
+            [training_data, adapter, eval_report, registered_adapter],
+            partition_key=job_id,
+            instance=instance,
+            resources=build_resources(),
         )
         assert result.success
         meta = result.asset_materializations_for_node("adapter")[0].metadata
         assert meta["method"].value == method and meta["steps"].value == 3
+        holdout = (
+            result.asset_materializations_for_node("training_data")[0].metadata["holdout_examples"].value
+        )
+        evaluation = {
+            k: getattr(v, "value", v)
+            for k, v in result.asset_materializations_for_node("eval_report")[0].metadata.items()
+        }
+        registered = result.asset_materializations_for_node("registered_adapter")[0].metadata
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "gates_passed")
     output = Path(str(meta["uri"].value))
     expected = "adapter_config.json" if method in ("qlora", "dpo") else "config.json"
     assert (output / expected).is_file()
-    assert Registry(paths().registry_url).get_job(job_id).status == "succeeded"
+    registry = Registry(paths().registry_url)
+    assert registry.get_job(job_id).status == "succeeded"
+
+    metric, gate = METHOD_EVALUATION[method]
+    assert evaluation["method"] == method and evaluation["metric"] == metric
+    assert evaluation["holdout_rows"] == holdout > 0
+    gate_values = evaluation[f"gate_{gate}"]
+    assert evaluation["passed"] == gate_values["passed"] == check.passed
+    assert f"| {gate} | " in evaluation["gates"]
+    if method == "dpo":  # the base scored against itself: every pair a tie
+        assert evaluation["base_value"] == 0.0
+        assert evaluation["adapter_value"] == gate_values["accuracy"]
+        assert gate_values["passed"] == (gate_values["accuracy"] >= 0.55 and gate_values["mean_margin"] > 0)
+        assert gate_values["mean_margin"] != 0.0  # the trained adapter, not the base, was scored
+    else:
+        assert (evaluation["base_value"], evaluation["adapter_value"]) == (
+            gate_values["base"],
+            gate_values["candidate"],
+        )
+    if method == "cpt":
+        assert evaluation["base_value"] > 1.0 and evaluation["adapter_value"] > 1.0
+        assert evaluation["adapter_value"] != evaluation["base_value"]  # the trained model was scored
+        assert gate_values["passed"] == (gate_values["candidate"] <= gate_values["required"])
+    if kind == "chat":
+        assert evaluation["base_exact_match"] == evaluation["base_value"]
+        assert "| prompt | reference | base | adapter |" in evaluation["samples"]
+        assert gate_values["passed"] == (gate_values["candidate"] >= gate_values["required"] - 1e-9)
+
+    model = registry.get_model(str(registered["model_id"].value))
+    results = model.eval_results
+    assert results["method"] == method and results["metric"] == metric
+    assert (results["base_value"], results["candidate_value"]) == (
+        evaluation["base_value"],
+        evaluation["adapter_value"],
+    )
+    assert [g["name"] for g in results["gates"]] == [gate]
+    assert results["passed"] == model.gates_passed == evaluation["passed"]
+    assert model.stage == ("staging" if model.gates_passed else "dev")
