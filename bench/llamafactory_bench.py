@@ -113,7 +113,7 @@ MAX_SEQ_LEN = 512  # fineplat's default window; LLaMA-Factory's cutoff_len is se
 DEFAULT_EXAMPLES = 1500  # synthetic rows, as in train_bench.py
 QUICK_EXAMPLES = 96
 DEFAULT_REPEATS = 2
-LF_VERSION = "0.9.5"  # the version the issue measured
+LF_VERSION = "0.9.5"  # the version this comparison was written and measured against
 REQUIRED_MARGIN = 1.15  # fineplat >= 1.15x LLaMA-Factory's best configuration (issue #3 item 8)
 LORA_RANK = 16
 LORA_ALPHA = 32
@@ -512,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     versions = lf_versions(args.lf_python)
     print("LLaMA-Factory environment:", ", ".join(f"{k} {v}" for k, v in versions.items()))
     if versions["llamafactory"] != LF_VERSION:
-        print(f"note: the issue measured llamafactory {LF_VERSION}; this is {versions['llamafactory']}")
+        print(
+            f"note: this comparison was measured with llamafactory {LF_VERSION}; this is {versions['llamafactory']}"
+        )
     count = args.examples or (QUICK_EXAMPLES if args.quick else DEFAULT_EXAMPLES)
     repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
 

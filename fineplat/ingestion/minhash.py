@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from datasketch import LeanMinHash
 
-SHINGLE_CHARS = 5  # character 5-grams, as in the issue (and common for near-duplicate detection of prose)
+SHINGLE_CHARS = 5  # character 5-grams, common for near-duplicate detection of prose
 NUM_PERM = 128  # signature length; datasketch's default
 SCHEME = "affine32"  # datasketch's 32-bit hash value scheme; LeanMinHash needs one to be named
 _BATCH_ROWS = 8_192  # rows sketched per numpy pass: bounds temporary memory to ~100 MB at 800 chars/row

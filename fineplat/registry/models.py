@@ -33,7 +33,7 @@ NAMING_CONVENTION = {
 # actors are short. 255 fits every id a caller could reasonably build and indexes well everywhere.
 ID_LENGTH = 255
 # Surrogate keys of append-only tables. Metric rows grow with every training step of every job
-# (~1,000 jobs/week in DESIGN.md), which outgrows a 32-bit key; SQLite only auto-increments an
+# (sized for ~1,000 jobs/week), which outgrows a 32-bit key; SQLite only auto-increments an
 # INTEGER PRIMARY KEY, hence the variant.
 AutoIncrementId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

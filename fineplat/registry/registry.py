@@ -132,7 +132,7 @@ def default_model_id(
 
 def default_serving_name(name: str, version: int) -> str:
     """The adapter name in the serving pool: unique per version, because vLLM serves a stale cached
-    adapter when a name is reloaded with new weights (DESIGN.md)."""
+    adapter when a name is reloaded with new weights."""
     return f"{name}-v{version}"
 
 

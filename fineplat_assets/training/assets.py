@@ -64,7 +64,7 @@ def job_keys(job_id: str) -> dict[str, str]:
     partitions_def=job_partitions,
     group_name=GROUP,
     # The dataset version a job uses is in its spec; the edge is asset-level here and recorded
-    # per partition in metadata and the registry (see DESIGN.md).
+    # per partition in metadata and the registry.
     deps=[AssetDep(decontaminated_dataset, partition_mapping=AllPartitionMapping())],
     kinds={"pytorch"},
 )
